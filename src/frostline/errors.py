@@ -1,0 +1,21 @@
+"""The exceptions frostline raises for user errors (never ``assert``)."""
+
+from __future__ import annotations
+
+__all__ = ["FrostlineError", "SelectionError", "FreezeError", "FrozenParameterChanged"]
+
+
+class FrostlineError(ValueError):
+    """Base class of every error frostline raises for bad input."""
+
+
+class SelectionError(FrostlineError):
+    """A selector spec matched no parameter, or has a form frostline does not know."""
+
+
+class FreezeError(FrostlineError):
+    """A freeze request cannot be carried out as asked (bad rows, mask, dim, strategy or target)."""
+
+
+class FrozenParameterChanged(AssertionError):
+    """A frozen element or a buffer of a fully frozen module changed (raised by ``Snapshot.verify``/``guard``)."""

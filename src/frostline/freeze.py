@@ -1,0 +1,231 @@
+"""Freeze and unfreeze parameters, whole or in part, in place.
+
+>>> import torch.nn as nn, frostline
+>>> model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.1), nn.Linear(4, 2))
+>>> frostline.freeze(model, ["0", "1"]) is model
+True
+>>> frostline.is_frozen(model, "0.weight"), frostline.is_frozen(model, "3.weight")
+(True, False)
+>>> _ = model.train(); model[1].training   # a frozen BatchNorm keeps inference behaviour
+False
+>>> frostline.frozen_names(model)
+['0.weight', '0.bias', '1.weight', '1.bias']
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ._state import get_partial, named_logical_parameters
+from .errors import FreezeError, SelectionError
+from .select import Spec, select
+
+__all__ = ["freeze", "unfreeze", "is_frozen", "frozen_names"]
+
+Strategy = Literal["auto", "delta", "split", "mask"]
+_KEEP_EVAL = "_frostline_keep_eval"
+_STATS_NORMS = (nn.modules.batchnorm._NormBase,)  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+_DROPOUTS = (nn.modules.dropout._DropoutNd,)
+
+
+def _partial_request(rows, mask) -> bool:
+    return rows is not None or mask is not None
+
+
+def freeze(
+    model: nn.Module,
+    spec: Spec = "*",
+    *,
+    rows: Sequence[int] | range | Tensor | None = None,
+    dim: int = 0,
+    mask: Tensor | None = None,
+    strategy: Strategy = "auto",
+    eval_frozen: bool = True,
+    lean: bool | None = None,
+) -> nn.Module:
+    """Freeze the parameters ``spec`` selects, in place, and return ``model``.
+
+    Whole parameters get ``requires_grad=False`` and ``.grad = None``; the Parameter objects keep their identity,
+    so optimizers and checkpoints that refer to them stay valid.
+
+    Args:
+        model (nn.Module): the model.
+        spec: which parameters (see :func:`frostline.select`); default every one.
+        rows: freeze only these slices along ``dim`` (a list, range or 1-D index tensor): output filters of a
+            Conv, output rows of a Linear, token rows of an Embedding.
+        dim (int): the dimension ``rows`` index (1 for input channels / columns).
+        mask (Tensor): bool tensor of the parameter's shape, True where the element is frozen.
+        strategy (str): how a partial freeze is stored: ``"auto"``, ``"delta"``, ``"split"`` or ``"mask"``.
+        eval_frozen (bool): keep frozen running-statistics norms and dropout in inference behaviour, even after a
+            later ``model.train()`` (Keras ``trainable=False`` semantics). False keeps PyTorch's default.
+        lean (bool): run fully frozen modules through autograd functions that keep only what input gradients
+            need (see :mod:`frostline.lean`). None means frostline's default.
+
+    Returns:
+        nn.Module: ``model`` itself.
+
+    Raises:
+        SelectionError: ``spec`` matches nothing.
+        FreezeError: bad ``rows``/``mask``/``dim``/``strategy``.
+
+    Example:
+        >>> import torch.nn as nn, frostline
+        >>> m = frostline.freeze(nn.Linear(3, 3), "bias")
+        >>> m.bias.requires_grad, m.weight.requires_grad
+        (False, True)
+    """
+    names = select(model, spec)
+    if _partial_request(rows, mask):
+        from .partial import freeze_partial
+
+        for name in names:
+            freeze_partial(model, name, rows=rows, dim=dim, mask=mask, strategy=strategy)
+    else:
+        if strategy != "auto":
+            raise FreezeError(f"strategy={strategy!r} applies to partial freezing only; pass rows= or mask= as well")
+        for name in names:
+            _freeze_whole(model, name)
+    if eval_frozen:
+        _mark_eval(model, set(names))
+    _refresh_lean(model, lean)
+    return model
+
+
+def unfreeze(
+    model: nn.Module,
+    spec: Spec = "*",
+    *,
+    rows: Sequence[int] | range | Tensor | None = None,
+    dim: int = 0,
+    mask: Tensor | None = None,
+) -> nn.Module:
+    """Make the parameters ``spec`` selects trainable again (or only ``rows``/``mask`` of them); return ``model``.
+
+    A partially frozen tensor unfrozen whole becomes one plain Parameter again. Norms and dropout kept in eval by
+    ``freeze`` return to following ``model.train()``/``eval()`` once their region is no longer fully frozen.
+
+    Example:
+        >>> import torch.nn as nn, frostline
+        >>> m = frostline.unfreeze(frostline.freeze(nn.Linear(3, 3)))
+        >>> m.weight.requires_grad
+        True
+    """
+    names = select(model, spec)
+    if _partial_request(rows, mask):
+        from .partial import unfreeze_partial
+
+        for name in names:
+            unfreeze_partial(model, name, rows=rows, dim=dim, mask=mask)
+    else:
+        for name in names:
+            if get_partial(model, name) is not None:
+                from .partial import remove_partial
+
+                remove_partial(model, name)
+            module, local = _module_and_local(model, name)
+            module._parameters[local].requires_grad_(True)
+    _unmark_eval(model)
+    _refresh_lean(model, None)
+    return model
+
+
+def is_frozen(model: nn.Module, name: str) -> bool | Literal["partial"]:
+    """True if parameter ``name`` is frozen, False if it trains, ``"partial"`` if some elements are frozen.
+
+    Raises:
+        SelectionError: ``name`` is not a parameter of the model (the message names the closest ones).
+    """
+    tensors = dict(named_logical_parameters(model, remove_duplicate=False))
+    if name not in tensors:
+        select(model, name)  # raises with the closest names, or selects a module
+        raise SelectionError(f"{name!r} names a module, not a parameter; ask about e.g. {name}.weight")
+    if get_partial(model, name) is not None:
+        return "partial"
+    return not tensors[name].requires_grad
+
+
+def frozen_names(model: nn.Module) -> list[str]:
+    """Names of the fully frozen parameters, in model order (partially frozen ones are not listed)."""
+    return [n for n, t in named_logical_parameters(model) if not t.requires_grad and get_partial(model, n) is None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _module_and_local(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_name, _, local = name.rpartition(".")
+    return model.get_submodule(module_name), local
+
+
+def _freeze_whole(model: nn.Module, name: str) -> None:
+    if get_partial(model, name) is not None:
+        from .partial import remove_partial
+
+        remove_partial(model, name)
+    module, local = _module_and_local(model, name)
+    param = module._parameters[local]
+    param.requires_grad_(False)
+    param.grad = None
+
+
+def _region(model: nn.Module) -> dict[str, list[Tensor]]:
+    """For each eval candidate (stats norm or dropout): the logical parameters whose frozenness decides it."""
+    logical = list(named_logical_parameters(model, remove_duplicate=False))
+    out: dict[str, list[Tensor]] = {}
+    for module_name, module in model.named_modules():
+        if not isinstance(module, _STATS_NORMS + _DROPOUTS):
+            continue
+        if isinstance(module, _STATS_NORMS) and not module.track_running_stats:
+            continue
+        own = [t for n, t in logical if n.rpartition(".")[0] == module_name]
+        if own:
+            out[module_name] = own
+            continue
+        parent = module_name.rpartition(".")[0]
+        prefix = f"{parent}." if parent else ""
+        out[module_name] = [t for n, t in logical if n.startswith(prefix)]
+    return out
+
+
+def _fully_frozen(model: nn.Module, tensors: list[Tensor]) -> bool:
+    names = {id(t): n for n, t in named_logical_parameters(model, remove_duplicate=False)}
+    return bool(tensors) and all(not t.requires_grad and get_partial(model, names[id(t)]) is None for t in tensors)
+
+
+def _keep_eval_train(module: nn.Module, mode: bool = True) -> nn.Module:
+    # Installed as the instance's ``train``: a parent's ``.train()`` reaches here, and the module stays in eval.
+    if not isinstance(mode, bool):
+        raise ValueError("training mode is expected to be boolean")
+    module.training = False
+    for child in module.children():
+        child.train(mode)
+    return module
+
+
+def _mark_eval(model: nn.Module, selected: set[str]) -> None:
+    names = {id(t): n for n, t in named_logical_parameters(model, remove_duplicate=False)}
+    for module_name, tensors in _region(model).items():
+        if not _fully_frozen(model, tensors) or not any(names[id(t)] in selected for t in tensors):
+            continue
+        module = model.get_submodule(module_name)
+        module.__dict__["train"] = functools.partial(_keep_eval_train, module)
+        module.__dict__[_KEEP_EVAL] = True
+        module.training = False
+
+
+def _unmark_eval(model: nn.Module) -> None:
+    regions = _region(model)
+    for module_name, module in model.named_modules():
+        if not module.__dict__.get(_KEEP_EVAL) or _fully_frozen(model, regions.get(module_name, [])):
+            continue
+        del module.__dict__["train"], module.__dict__[_KEEP_EVAL]
+        parent = model.get_submodule(module_name.rpartition(".")[0])
+        module.train(parent.training)
+
+
+def _refresh_lean(model: nn.Module, lean: bool | None) -> None:
+    from . import lean as lean_module
+
+    lean_module.refresh(model, lean)

@@ -1,0 +1,179 @@
+"""Selectors: say which parameters you mean, by name, pattern, module type, module object or predicate.
+
+>>> import torch.nn as nn, frostline
+>>> model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+>>> frostline.select(model, "0")
+['0.weight', '0.bias']
+>>> frostline.select(model, ["*.weight", "!2.*"])
+['0.weight', '1.weight']
+>>> frostline.select(model, nn.BatchNorm1d)
+['1.weight', '1.bias']
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from typing import Callable, Sequence, Union
+
+from torch import Tensor, nn
+
+from ._state import named_logical_parameters
+from .errors import SelectionError
+
+__all__ = ["select", "Spec"]
+
+Spec = Union[
+    str,
+    "re.Pattern[str]",
+    type,
+    tuple,
+    nn.Module,
+    Tensor,
+    Callable[[str, Tensor], bool],
+    Sequence["Spec"],
+]
+
+
+class _Universe:
+    """Every logical parameter of a model, under each of its names, keyed by identity."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.aliases = list(named_logical_parameters(model, remove_duplicate=False))
+        self.canonical: dict[int, str] = {}
+        for name, tensor in named_logical_parameters(model):
+            self.canonical[id(tensor)] = name
+        self.module_names = [name for name, _ in model.named_modules(remove_duplicate=False) if name]
+
+    def ordered(self, ids: set[int]) -> list[str]:
+        return [name for key, name in self.canonical.items() if key in ids]
+
+    def closest(self, text: str) -> list[str]:
+        pool = list(dict.fromkeys([n for n, _ in self.aliases] + self.module_names))
+        probe = text.replace("*", "").replace("?", "")
+        close = difflib.get_close_matches(probe, pool, n=5, cutoff=0.3)
+        if not close:  # fall back to names sharing the longest dotted prefix
+            close = sorted(pool, key=lambda n: -len(_common_prefix(n, probe)))[:5]
+        return close
+
+
+def _common_prefix(a: str, b: str) -> str:
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    return a[:i]
+
+
+def _by_name(universe: _Universe, matches: Callable[[str], bool]) -> set[int]:
+    """Parameters whose full name matches, or that live beneath a module whose name matches."""
+    modules = {name for name in universe.module_names if matches(name)}
+    hit: set[int] = set()
+    for name, tensor in universe.aliases:
+        if matches(name):
+            hit.add(id(tensor))
+            continue
+        parts = name.split(".")
+        if any(".".join(parts[:i]) in modules for i in range(1, len(parts))):
+            hit.add(id(tensor))
+    return hit
+
+
+def _beneath(universe: _Universe, roots: list[nn.Module]) -> set[int]:
+    wanted = {id(m) for m in roots}
+    hit: set[int] = set()
+    for module_name, module in universe.model.named_modules(remove_duplicate=False):
+        if id(module) in wanted:
+            prefix = f"{module_name}." if module_name else ""
+            hit |= {id(t) for n, t in universe.aliases if n.startswith(prefix)}
+    return hit
+
+
+def _match(universe: _Universe, spec) -> set[int]:
+    if isinstance(spec, str):
+        if spec.startswith("!"):
+            raise SelectionError(f"exclusion {spec!r} needs a list beside what it excludes from, e.g. ['*', {spec!r}]")
+        hit = _by_name(universe, lambda name: fnmatch.fnmatchcase(name, spec))
+        what = f"pattern {spec!r}"
+    elif isinstance(spec, re.Pattern):
+        hit = _by_name(universe, lambda name: spec.fullmatch(name) is not None)
+        what, spec = f"regex {spec.pattern!r}", spec.pattern
+    elif isinstance(spec, type) or (isinstance(spec, tuple) and spec and all(isinstance(t, type) for t in spec)):
+        roots = [m for _, m in universe.model.named_modules() if isinstance(m, spec)]
+        hit = _beneath(universe, roots)
+        names = spec.__name__ if isinstance(spec, type) else ", ".join(t.__name__ for t in spec)
+        if not hit:
+            kinds = sorted({type(m).__name__ for m in universe.model.modules() if any(True for _ in m.parameters(False))})
+            raise SelectionError(f"no module of type {names} with parameters in the model; module types with "
+                                 f"parameters: {', '.join(kinds[:12])}")
+        return hit
+    elif isinstance(spec, nn.Module):
+        hit = _beneath(universe, [spec])
+        if not hit:
+            raise SelectionError(f"module {type(spec).__name__} is not part of the model, or has no parameters; "
+                                 "pass a submodule of the model (e.g. model.fc)")
+        return hit
+    elif isinstance(spec, Tensor):
+        if id(spec) not in {id(t) for _, t in universe.aliases}:
+            raise SelectionError("the tensor given is not a parameter of the model (membership is by identity)")
+        return {id(spec)}
+    elif callable(spec):
+        hit = {id(t) for n, t in universe.aliases if spec(n, t)}
+        if not hit:
+            raise SelectionError(f"predicate {getattr(spec, '__name__', spec)!r} matched no parameter")
+        return hit
+    elif isinstance(spec, (list, tuple, set, frozenset)):
+        return _match_list(universe, list(spec))
+    else:
+        raise SelectionError(f"cannot select with a {type(spec).__name__}; use a glob string, a list of them, a "
+                             "compiled regex, a module class, a module, a parameter or a (name, param) -> bool callable")
+    if not hit:
+        raise SelectionError(f"{what} matches no parameter; closest names: {', '.join(universe.closest(spec))}")
+    return hit
+
+
+def _match_list(universe: _Universe, specs: list) -> set[int]:
+    if not specs:
+        raise SelectionError("an empty list selects nothing; use '*' for every parameter")
+    include = [s for s in specs if not (isinstance(s, str) and s.startswith("!"))]
+    exclude = [s[1:] for s in specs if isinstance(s, str) and s.startswith("!")]
+    hit: set[int] = set()
+    if include:
+        for spec in include:
+            hit |= _match(universe, spec)
+    else:
+        hit = {id(t) for _, t in universe.aliases}
+    for spec in exclude:
+        hit -= _match(universe, spec)
+    if not hit:
+        raise SelectionError(f"{specs!r} excludes everything it includes; nothing is left to select")
+    return hit
+
+
+def select(model: nn.Module, spec: Spec = "*") -> list[str]:
+    """Return the names of the parameters that ``spec`` selects, in model order, each parameter once.
+
+    Args:
+        model (nn.Module): the model to select from.
+        spec: one of
+            - a glob over full dotted parameter names, anchored (``"encoder.layer.*"``, ``"*.bias"``); a glob that
+              matches a module name selects every parameter beneath it (``"layer1"`` means ``layer1.*``);
+            - a compiled regex, matched in full against parameter and module names;
+            - a module class or tuple of classes (every parameter of such modules, e.g. ``nn.BatchNorm2d``);
+            - a module object of the model (``model.fc``), or a parameter tensor of it (by identity);
+            - a callable ``(name, param) -> bool``;
+            - a list of any of these: their union, minus entries written ``"!pattern"``.
+
+    Tied parameters are one parameter: selected once, under their first name. Partially frozen tensors are
+    selected under their original name. Membership is by identity, never by value.
+
+    Returns:
+        list[str]: canonical parameter names.
+
+    Raises:
+        SelectionError: when a spec (or an entry of a list) matches nothing; the message names up to five
+        closest real names.
+    """
+    universe = _Universe(model)
+    return universe.ordered(_match(universe, spec))

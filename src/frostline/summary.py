@@ -1,0 +1,115 @@
+"""What is frozen, per top-level module and in total, and what the optimizer holds for it.
+
+>>> import torch.nn as nn, frostline
+>>> model = frostline.freeze(nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 2)), "0")
+>>> s = frostline.summary(model)
+>>> s.total, s.trainable, s.frozen
+(132, 22, 110)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ._state import get_partial, named_logical_parameters, trainable_count
+from ._table import human_bytes, human_count, render
+
+__all__ = ["summary", "Summary", "SummaryRow", "optimizer_state_bytes"]
+
+
+@dataclass
+class SummaryRow:
+    name: str
+    trainable: int
+    frozen: int
+    optimizer_bytes: int | None = None
+    strategies: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.trainable + self.frozen
+
+
+@dataclass
+class Summary:
+    """Counts of trainable and frozen elements; ``str()`` renders a table."""
+
+    rows: list[SummaryRow]
+    total: int
+    trainable: int
+    frozen: int
+    optimizer_bytes: int | None = None
+
+    def __str__(self) -> str:
+        with_opt = self.optimizer_bytes is not None
+        headers = ["module", "trainable", "frozen", "% trainable"] + (["optimizer state"] if with_opt else [])
+        headers.append("partial (strategy)")
+
+        def cells(r: SummaryRow | Summary, name: str, strategies: list[str]) -> list[object]:
+            pct = f"{100 * r.trainable / r.total:.1f}%" if r.total else "-"
+            row: list[object] = [name, human_count(r.trainable), human_count(r.frozen), pct]
+            if with_opt:
+                row.append(human_bytes(r.optimizer_bytes or 0))
+            row.append(", ".join(strategies) or "-")
+            return row
+
+        body = [cells(r, r.name, r.strategies) for r in self.rows]
+        total = cells(self, "total", [])
+        return render(headers, body, footer=[total])
+
+    def __repr__(self) -> str:
+        return f"Summary(total={self.total}, trainable={self.trainable}, frozen={self.frozen})"
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer, params=None) -> int:
+    """Bytes of tensors the optimizer keeps in its state (for ``params`` only, if given; by identity)."""
+    wanted = None if params is None else {id(p) for p in params}
+    total = 0
+    for param, state in optimizer.state.items():
+        if wanted is not None and id(param) not in wanted:
+            continue
+        for value in state.values():
+            if torch.is_tensor(value):
+                total += value.numel() * value.element_size()
+    return total
+
+
+def summary(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Summary:
+    """Count trainable and frozen elements per top-level module and in total.
+
+    Partially frozen tensors count their trainable and frozen elements separately, under their original name.
+    With an ``optimizer``, each row also shows the bytes of optimizer state held for its parameters.
+
+    Returns:
+        Summary: ``.total``, ``.trainable``, ``.frozen`` (ints), ``.rows``; ``str()`` is a readable table.
+    """
+    rows: dict[str, SummaryRow] = {}
+    owner_of_storage: dict[int, str] = {}
+    for name, tensor in named_logical_parameters(model):
+        top = name.split(".")[0] if "." in name else "(root)"
+        row = rows.setdefault(top, SummaryRow(top, 0, 0))
+        trainable = trainable_count(model, name, tensor)
+        row.trainable += trainable
+        row.frozen += tensor.numel() - trainable
+        partial = get_partial(model, name)
+        if partial is not None:
+            row.strategies.append(f"{name.partition('.')[2] or name} ({partial.strategy})")
+    for name, param in model.named_parameters():
+        owner_of_storage[id(param)] = name.split(".")[0] if "." in name else "(root)"
+    total_opt = None
+    if optimizer is not None:
+        total_opt = 0
+        for row in rows.values():
+            row.optimizer_bytes = 0
+        for param in optimizer.state:
+            top = owner_of_storage.get(id(param))
+            size = optimizer_state_bytes(optimizer, [param])
+            total_opt += size
+            if top is not None:
+                rows[top].optimizer_bytes += size
+    trainable = sum(r.trainable for r in rows.values())
+    frozen = sum(r.frozen for r in rows.values())
+    return Summary(list(rows.values()), trainable + frozen, trainable, frozen, total_opt)

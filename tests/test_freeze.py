@@ -1,0 +1,127 @@
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import frostline
+from frostline import FreezeError, SelectionError, freeze, frozen_names, is_frozen, unfreeze
+from frostline.models import small_cnn, tiny_resnet
+
+
+def test_freeze_in_place_keeps_identity_and_clears_grad():
+    model = tiny_resnet()
+    ids = {n: id(p) for n, p in model.named_parameters()}
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert freeze(model, "layer1") is model
+    for name, param in model.named_parameters():
+        assert id(param) == ids[name]
+        if name.startswith("layer1."):
+            assert not param.requires_grad and param.grad is None
+        else:
+            assert param.requires_grad and param.grad is not None
+    assert unfreeze(model, "layer1") is model
+    assert all(p.requires_grad for p in model.parameters())
+    assert {n: id(p) for n, p in model.named_parameters()} == ids
+
+
+def test_is_frozen_and_frozen_names():
+    model = small_cnn()
+    freeze(model, "features.0")
+    assert is_frozen(model, "features.0.weight") is True
+    assert is_frozen(model, "head.1.weight") is False
+    assert frozen_names(model) == ["features.0.weight", "features.0.bias"]
+    with pytest.raises(SelectionError, match="features.0.weight"):
+        is_frozen(model, "features.0.wieght")
+    with pytest.raises(SelectionError, match="module"):
+        is_frozen(model, "features.0")
+
+
+def test_strategy_without_rows_is_an_error():
+    with pytest.raises(FreezeError, match="partial"):
+        freeze(small_cnn(), "head", strategy="mask")
+
+
+def _train(model, optimizer, steps=5, seed=0):
+    torch.manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        x, y = torch.randn(16, 3, 12, 12), torch.randint(0, 10, (16,))
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("optimizer_cls", [torch.optim.AdamW, torch.optim.SGD])
+def test_everything_but_head_stays_bit_identical(optimizer_cls):
+    """The core scenario: CNN with BatchNorm and Dropout, everything but the head frozen, 5 steps in train()."""
+    torch.manual_seed(0)
+    model = small_cnn()
+    # All parameters go to the optimizer, as a careless user would do; weight decay > 0.
+    kwargs = {"lr": 0.1, "weight_decay": 0.1} | ({"momentum": 0.9} if optimizer_cls is torch.optim.SGD else {})
+    optimizer = optimizer_cls(model.parameters(), **kwargs)
+    _train(model, optimizer, steps=1)  # the frozen part even has optimizer state already
+    freeze(model, "features")
+    frozen_before = copy.deepcopy(model.features.state_dict())
+    head_before = copy.deepcopy(model.head.state_dict())
+    _train(model, optimizer, steps=5, seed=1)
+    for key, value in model.features.state_dict().items():  # parameters AND running stats
+        assert torch.equal(value, frozen_before[key]), key
+    assert not torch.equal(model.head[1].weight, head_before["1.weight"])
+    assert model.training and not model.features[1].training and not model.features[3].training
+
+
+def test_frozen_region_is_deterministic_in_train_mode():
+    torch.manual_seed(0)
+    model = small_cnn()
+    freeze(model, "features")
+    model.train()
+    x = torch.randn(4, 3, 12, 12)
+    assert torch.equal(model.features(x), model.features(x))  # dropout off, BN uses running stats
+    assert model.head[0].training  # the head's dropout belongs to a trainable region
+
+
+def test_eval_frozen_false_keeps_pytorch_default():
+    model = small_cnn()
+    freeze(model, "features", eval_frozen=False)
+    model.train()
+    assert model.features[1].training and model.features[3].training
+
+
+def test_unfreeze_restores_train_mode_behaviour():
+    model = small_cnn()
+    freeze(model, "features")
+    model.train()
+    unfreeze(model, "features.1")  # the BN's own params train again: the BN follows model.train()
+    assert model.features[1].training
+    assert model.features[3].training  # its parent region now trains, so its dropout is live again
+    assert not model.features[5].training  # the other BN's own params are still frozen
+    unfreeze(model)
+    model.eval()
+    model.train()
+    assert all(m.training for m in model.modules())
+
+
+def test_freeze_state_survives_deepcopy_and_pickle():
+    model = small_cnn()
+    freeze(model, "features")
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        clone.train()
+        assert not clone.features[1].training
+        assert frozen_names(clone) == frozen_names(model)
+        unfreeze(clone)
+        clone.train()
+        assert clone.features[1].training
+    model.train()
+    assert not model.features[1].training  # the original is untouched by changes to its copies
+
+
+def test_whole_model_freeze_and_state_dict_keys_unchanged():
+    model = tiny_resnet()
+    keys = list(model.state_dict())
+    freeze(model)
+    assert list(model.state_dict()) == keys
+    assert frozen_names(model) == [n for n, _ in model.named_parameters()]

@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) examples/quickstart.py
+	$(PY) -m frostline demo
 
 test: setup
 	$(PY) -m pytest

@@ -9,25 +9,47 @@ True
 """
 
 from .errors import FreezeError, FrostlineError, FrozenParameterChanged, SelectionError
+from .audit import Finding, audit
+from .cache import FeatureCache, with_ids
+from .checkpoint import load_trainable_state_dict, trainable_state_dict
+from .explain import Explanation, explain
 from .freeze import freeze, frozen_names, is_frozen, unfreeze
 from .groups import freeze_to, layer_groups
+from . import lean  # noqa: E402  (frostline.lean.keeps / saved_bytes)
+from . import distributed  # noqa: E402  (frostline.distributed.ddp / audit_ranks / trainable_state_dict)
+from .guard import Snapshot, guard, snapshot
+from .optim import optimizer, param_groups, sync
 from .select import select
 from .summary import Summary, summary
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Explanation",
+    "FeatureCache",
+    "Finding",
     "FreezeError",
     "FrostlineError",
     "FrozenParameterChanged",
     "SelectionError",
+    "Snapshot",
     "Summary",
+    "audit",
+    "explain",
     "freeze",
     "freeze_to",
     "frozen_names",
+    "guard",
     "is_frozen",
     "layer_groups",
+    "load_trainable_state_dict",
+    "optimizer",
+    "param_groups",
     "select",
+    "snapshot",
     "summary",
+    "trainable_state_dict",
+    "sync",
     "unfreeze",
+    "with_ids",
 ]

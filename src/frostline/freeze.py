@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ._state import get_partial, named_logical_parameters
+from .distributed import check_change  # refuses changes a live DDP wrapper could not follow
 from .errors import FreezeError, SelectionError
 from .select import Spec, select
 
@@ -59,7 +60,8 @@ def freeze(
             Conv, output rows of a Linear, token rows of an Embedding.
         dim (int): the dimension ``rows`` index (1 for input channels / columns).
         mask (Tensor): bool tensor of the parameter's shape, True where the element is frozen.
-        strategy (str): how a partial freeze is stored: ``"auto"``, ``"delta"``, ``"split"`` or ``"mask"``.
+        strategy (str): how a partial freeze is stored: ``"auto"``, ``"delta"``, ``"split"`` or ``"mask"`` (see
+            :mod:`frostline.partial`). Partial freezes of one tensor combine; frozen elements stay bit-identical.
         eval_frozen (bool): keep frozen running-statistics norms and dropout in inference behaviour, even after a
             later ``model.train()`` (Keras ``trainable=False`` semantics). False keeps PyTorch's default.
         lean (bool): run fully frozen modules through autograd functions that keep only what input gradients
@@ -78,7 +80,12 @@ def freeze(
         >>> m.bias.requires_grad, m.weight.requires_grad
         (False, True)
     """
+    if _partial_request(rows, mask):
+        from .partial import refuse_non_parameter
+
+        refuse_non_parameter(model, spec)
     names = select(model, spec)
+    check_change(model, names, freezing=True, partial=_partial_request(rows, mask))
     if _partial_request(rows, mask):
         from .partial import freeze_partial
 
@@ -115,6 +122,7 @@ def unfreeze(
         True
     """
     names = select(model, spec)
+    check_change(model, names, freezing=False, partial=_partial_request(rows, mask))
     if _partial_request(rows, mask):
         from .partial import unfreeze_partial
 

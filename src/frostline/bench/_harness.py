@@ -1,0 +1,210 @@
+"""How every benchmark case is measured: interleaved rounds, ratios to the unfrozen step, exactness, memory.
+
+Timing: each round sets every method up on a fresh model, runs warm-up steps, then times ``steps`` training steps
+(forward, backward, optimizer step and whatever fix-up the method does after it). A method's ratio in a round is
+its median step time divided by the unfrozen baseline's median step in the same round; the reported ratio is the
+median over rounds. Interleaving the methods inside every round spreads the noise of a shared machine evenly.
+
+Exactness: the values a method promises to keep (its frozen region, read from ``state_dict`` so that partial
+strategies show their effective values) must be bit-identical (``torch.equal``) after every step of the first
+round. frostline's own methods must in addition pass ``frostline.guard``.
+
+Memory ("step memory"): what one training step holds at its peak, counted on the tensors themselves, so it is
+the same on any device and free of allocator noise: parameters and buffers, gradients, optimizer state, tensors
+saved for backward (unique storages, seen by ``torch.autograd.graph.saved_tensors_hooks``) and what the method
+keeps beside the model (stored copies, masks, cached features). ``tracemalloc`` cannot see torch's allocations
+and process RSS is too noisy on a shared machine to compare methods that differ by a few MiB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import FreezeError, FrozenParameterChanged
+from ..guard import guard
+from ..summary import optimizer_state_bytes
+
+
+@dataclass
+class Trial:
+    """One method set up on a fresh model, ready to train.
+
+    ``frozen`` returns the values that must not change (None: the method freezes nothing); ``held`` returns the
+    tensors the method keeps beside the model; ``held_bytes`` adds bytes it keeps that are not tensors we can
+    reach (a feature cache's store); ``note`` describes the run once it is done.
+    """
+
+    model: nn.Module
+    step: Callable[[], object]
+    optimizer: torch.optim.Optimizer
+    frozen: Callable[[], list[Tensor]] | None = None
+    held: Callable[[], list[Tensor]] = lambda: []
+    held_bytes: Callable[[], int] = lambda: 0
+    note: Callable[[], str] = lambda: ""
+
+
+@dataclass
+class Method:
+    """A named way of freezing (``by`` is "hand" for the anchors' hand-written methods, "frostline", or
+    "baseline" for the unfrozen reference, which must come first)."""
+
+    name: str
+    by: str
+    setup: Callable[[], Trial]
+
+
+@dataclass
+class Row:
+    """The measurements of one method in one case."""
+
+    method: str
+    by: str
+    ratio: float | None = None  # median over rounds of (median step / unfrozen median step in that round)
+    ratios: list[float] = field(default_factory=list)
+    step_ms: float | None = None  # median step time over rounds, milliseconds
+    exact: bool | None = None  # None: nothing frozen (the baseline) or not run
+    optimizer_state_bytes: int | None = None
+    memory_bytes: int | None = None
+    memory: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+
+
+def train_step(forward: Callable[[], Tensor], optimizer: torch.optim.Optimizer,
+               after: Callable[[], None] | None = None) -> Callable[[], None]:
+    """A training step: ``loss = forward()``, backward, optimizer step, then ``after`` (a method's fix-up)."""
+
+    def step() -> None:
+        loss = forward()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if after is not None:
+            after()
+
+    return step
+
+
+def measure(methods: list[Method], *, rounds: int, steps: int, warmup: int,
+            tick: Callable[[], object] = lambda: None) -> list[Row]:
+    """Run ``methods`` side by side (see the module docstring) and return one :class:`Row` each, in order.
+
+    ``tick`` is called after each method's turn in a round (a progress bar's ``update``).
+    """
+    rows = [Row(m.name, m.by) for m in methods]
+    times: list[list[float]] = [[] for _ in methods]
+    for round_index in range(rounds):
+        base: float | None = None
+        for method, row, spent in zip(methods, rows, times):
+            median = _turn(method, row, first=round_index == 0, steps=steps, warmup=warmup)
+            tick()
+            if median is None:
+                continue
+            spent.append(median)
+            base = median if base is None else base
+            row.ratios.append(median / base)
+    for row, spent in zip(rows, times):
+        if spent:
+            row.ratio = statistics.median(row.ratios)
+            row.step_ms = 1e3 * statistics.median(spent)
+    return rows
+
+
+def _turn(method: Method, row: Row, *, first: bool, steps: int, warmup: int) -> float | None:
+    """One method's turn in a round on a fresh model: its median step time (None when it cannot run).
+
+    In the first round it also fills in ``row``'s exactness, memory and note.
+    """
+    if row.note.startswith("n/a"):
+        return None
+    try:
+        trial = method.setup()
+    except FreezeError as exc:  # a strategy that cannot serve this layout says so; the row shows why
+        row.note = f"n/a: {exc}"
+        return None
+    before = [t.detach().clone() for t in trial.frozen()] if first and trial.frozen else None
+    checked = guard(trial.model) if first and method.by == "frostline" else contextlib.nullcontext()
+    try:
+        with checked:
+            for _ in range(warmup):
+                trial.step()
+            median = _timed(trial.step, steps) if steps else None
+            if first:
+                spent = _account(row, trial)
+                median = spent if median is None else median  # steps=0 (a smoke run): time the accounted step
+                row.exact = _still_equal(before, trial) if before is not None else None
+                row.note = trial.note()
+    except FrozenParameterChanged:  # frostline's guard saw a frozen value move
+        row.exact = False
+    del trial
+    gc.collect()
+    return median
+
+
+def _timed(step: Callable[[], object], steps: int) -> float:
+    samples = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def _still_equal(before: list[Tensor], trial: Trial) -> bool:
+    after = trial.frozen() if trial.frozen else []
+    return len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def _storage(t: Tensor) -> tuple[int, int] | None:
+    """(address, bytes) of ``t``'s storage, or None for tensors without one (sparse, meta, subclasses)."""
+    try:
+        storage = t.untyped_storage()
+        return storage.data_ptr(), storage.nbytes()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+
+
+def _account(row: Row, trial: Trial) -> float:
+    """Run one more step with saved-tensor hooks, fill in ``row``'s memory fields (see the module docstring) and
+    return the step's duration in seconds."""
+    saved: dict[int, tuple[int, Tensor]] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        found = _storage(t)
+        if found is not None:  # keep it alive, so a gradient cannot reuse its address before we compare
+            saved[found[0]] = (found[1], t)
+        return t
+
+    start = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        trial.step()
+    spent = time.perf_counter() - start
+    in_optimizer = [p for g in trial.optimizer.param_groups for p in g["params"]]
+    model_tensors = [*trial.model.parameters(), *trial.model.buffers(), *in_optimizer]
+    counted: dict[int, int] = {}
+
+    def unique(tensors: list[Tensor]) -> int:
+        total = 0
+        for t in tensors:
+            found = _storage(t)
+            if found is not None and found[0] not in counted:
+                counted[found[0]] = found[1]
+                total += found[1]
+        return total
+
+    memory = {"parameters and buffers": unique(model_tensors),
+              "gradients": unique([p.grad for p in in_optimizer if p.grad is not None]),
+              "optimizer state": optimizer_state_bytes(trial.optimizer),
+              "kept by the method": unique(trial.held()) + trial.held_bytes()}
+    memory["saved for backward"] = sum(n for ptr, (n, _) in saved.items() if ptr not in counted)
+    row.memory = memory
+    row.memory_bytes = sum(memory.values())
+    row.optimizer_state_bytes = memory["optimizer state"]
+    return spent

@@ -1,0 +1,888 @@
+"""Compute a frozen prefix once per sample, then train only the suffix: :class:`FeatureCache`.
+
+The prefix is every module up to and including ``upto`` in forward order. The first time a sample is seen, the
+model runs as usual and ``upto``'s output rows are stored under the sample's id. Once every row of a batch is
+stored, the prefix is skipped: ``upto`` returns its stored rows and the prefix modules called before it return
+placeholders of the right shape, so the model's own forward (attention-mask building, the suffix, the head) runs
+unchanged. How the split is found and checked:
+
+* one traced forward records which module calls finish before ``upto`` starts and which parameters and buffers
+  the prefix reads; all must be frozen (not partially), and the prefix must not draw random numbers (dropout in
+  training mode), use batch statistics (BatchNorm in training mode) or receive a tensor that requires grad;
+* the first cached forward of each input shape is compared with the uncached one, so a suffix that reads other
+  prefix outputs than ``upto``'s (a skip connection, ``output_hidden_states``) is refused instead of trained on
+  placeholders;
+* every call compares a fingerprint of the prefix (identity, version counter, data pointer, dtype and
+  ``requires_grad`` of each tensor it reads, and the autocast state): a change drops the stored rows, with a
+  warning. No value is read, so the check never waits for an accelerator;
+* every call hashes the input rows on their device (an integer dot product) and compares the hash stored with
+  each seen id: augmentation, or a changed input for a seen id, is refused. On CPU the check is immediate; on an
+  accelerator the flags accumulate on the device and are read every ``check_every`` calls and after ``fill``.
+
+>>> import torch, torch.nn as nn, frostline
+>>> model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+>>> _ = frostline.freeze(model, ["0", "2"])
+>>> cache = frostline.FeatureCache(model, upto="3")
+>>> x, ids = torch.randn(4, 8), torch.arange(4)
+>>> first = cache(ids, x)                      # computes and stores the prefix output of samples 0-3
+>>> torch.allclose(cache(ids, x), model(x))    # now runs only the last Linear
+True
+>>> len(cache), cache.bytes_per_sample
+(4, 128)
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import sys
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+
+from .errors import FrostlineError
+
+__all__ = ["FeatureCache", "CacheError", "with_ids"]
+
+_INTS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_MISSING = object()
+
+
+class CacheError(FrostlineError):
+    """The feature cache cannot serve this model or input as asked (the message says why and what to do)."""
+
+
+class _Stop(Exception):
+    """Raised from ``upto``'s hook by ``fill``: the suffix need not run."""
+
+
+def with_ids(dataset: Any) -> "_WithIds":
+    """Wrap a map-style dataset so item ``i`` becomes ``(i, *item)`` (or ``(i, item)``): the sample ids a
+    :class:`FeatureCache` keys rows by, batched by any ``DataLoader``.
+
+    >>> ds = with_ids([(10, "a"), (20, "b")])
+    >>> ds[1], len(ds)
+    ((1, 20, 'b'), 2)
+    """
+    return _WithIds(dataset)
+
+
+class _WithIds(torch.utils.data.Dataset):
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple:
+        item = self.dataset[index]
+        return (index, *item) if isinstance(item, tuple) else (index, item)
+
+
+# -- inputs: ids, row hashes, shapes ------------------------------------------------------------------------------
+def _id_list(sample_ids: Any, batch: int) -> list[int]:
+    if isinstance(sample_ids, Tensor):
+        if sample_ids.dim() != 1 or sample_ids.is_floating_point() or sample_ids.is_complex():
+            raise CacheError(f"sample_ids must be a 1-D integer tensor or a list of ints, got a {sample_ids.dtype} "
+                             f"tensor of shape {tuple(sample_ids.shape)}")
+        ids = sample_ids.tolist()  # a host sync when the ids live on an accelerator: keep them on the CPU
+    else:
+        try:
+            ids = [operator.index(i) for i in sample_ids]
+        except TypeError as exc:
+            raise CacheError(f"sample_ids must be integers (one per row: a dataset index, see "
+                             f"frostline.with_ids), got {sample_ids!r:.80}") from exc
+    if len(ids) != batch:
+        raise CacheError(f"{len(ids)} sample ids for a batch of {batch} rows: pass one id per row")
+    return ids
+
+
+def _describe(args: tuple, kwargs: dict) -> tuple[int, list[Tensor], str]:
+    """The batch size, the input tensors, and a signature of everything but the rows' values."""
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    tensors = [t for t in leaves if isinstance(t, Tensor)]
+    if not tensors:
+        raise CacheError("the model inputs hold no tensor; FeatureCache keys the rows of batched tensor inputs")
+    batch = tensors[0].shape[0] if tensors[0].dim() else 0
+    for t in tensors:
+        if t.dim() == 0 or t.shape[0] != batch:
+            raise CacheError(f"every tensor input must be a batch of {batch} rows (dimension 0), got shape "
+                             f"{tuple(t.shape)}; pass per-sample inputs only")
+    parts = [f"{tuple(t.shape[1:])}:{t.dtype}:{t.device}" if isinstance(t, Tensor) else repr(t) for t in leaves]
+    return batch, tensors, f"{spec}|{';'.join(parts)}"
+
+
+def _as_ints(t: Tensor) -> Tensor:
+    t = t.detach()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    if t.dtype is torch.bool:
+        t = t.view(torch.uint8)
+    if t.dtype is not _INTS[t.element_size()]:
+        t = t.view(_INTS[t.element_size()])
+    return t.long()
+
+
+class _Hasher:
+    """A 64-bit hash per row: the dot product of the row's bits with fixed random odd integers, on its device."""
+
+    def __init__(self) -> None:
+        self._weights: dict[tuple[int, torch.device], Tensor] = {}
+
+    def _w(self, n: int, device: torch.device) -> Tensor:
+        if (n, device) not in self._weights:  # fixed seed: hashes stored on disk stay comparable after a restart
+            g = torch.Generator().manual_seed(0x5EED0000 + n)
+            w = torch.randint(-(2**62), 2**62, (n,), generator=g, dtype=torch.int64) | 1
+            self._weights[(n, device)] = w.to(device)
+        return self._weights[(n, device)]
+
+    def rows(self, tensors: list[Tensor], batch: int, salt: int = 0) -> Tensor:
+        h = None
+        for t in tensors:
+            x = _as_ints(t).reshape(batch, -1)
+            part = (x * self._w(x.shape[1], x.device)).sum(1)
+            h = part if h is None else h * 1_000_003 + part.to(h.device, non_blocking=True)
+        return h + salt
+
+    def content(self, t: Tensor, chunk: int = 4096) -> Tensor:
+        """A 64-bit hash of a whole tensor (its values, in order), as a 0-d tensor on its device."""
+        x = _as_ints(t).flatten()
+        x = torch.cat([x, x.new_zeros(-x.numel() % chunk)]).reshape(-1, chunk)
+        sums = (x * self._w(chunk, x.device)).sum(1)
+        return (sums * self._w(len(sums), x.device)).sum() + t.numel()
+
+
+def _index(positions: list[int], device: torch.device) -> Tensor:
+    """An index tensor on ``device`` without stalling the host (pinned, non-blocking copy on CUDA)."""
+    host = torch.tensor(positions, dtype=torch.int64)
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
+# -- where rows live ----------------------------------------------------------------------------------------------
+@dataclass
+class _Layout:
+    shapes: list[tuple[int, ...]]
+    dtypes: list[torch.dtype]
+
+    @property
+    def row_bytes(self) -> list[int]:
+        return [torch.Size(s).numel() * torch.empty((), dtype=d).element_size()
+                for s, d in zip(self.shapes, self.dtypes)]
+
+    def check(self, rows: list[Tensor]) -> None:
+        got = [(tuple(r.shape[1:]), r.dtype) for r in rows]
+        if got != list(zip(self.shapes, self.dtypes)):
+            raise CacheError(f"this batch's prefix output rows are {got}, the stored ones "
+                             f"{list(zip(self.shapes, self.dtypes))}: every sample must give rows of one shape "
+                             "and dtype (pad inputs to a fixed length)")
+
+
+class _MemoryStore:
+    """Rows in tensors on the device that computed them, grown by doubling."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.index: dict[int, int] = {}
+        self.layout: _Layout | None = None
+        self.buffers: list[Tensor] = []
+        self.hashes: Tensor | None = None
+
+    def add(self, ids: list[int], hashes: Tensor, rows: list[Tensor]) -> None:
+        if self.layout is None:
+            self.layout = _Layout([tuple(r.shape[1:]) for r in rows], [r.dtype for r in rows])
+            self.buffers = [r.new_empty((0, *r.shape[1:])) for r in rows]
+            self.hashes = hashes.new_empty(0)
+        self.layout.check(rows)
+        start, n = len(self.index), len(ids)
+        if start + n > len(self.hashes):
+            cap = max(start + n, 2 * len(self.hashes), 64)
+            self.buffers = [_grown(b, cap, start) for b in self.buffers]
+            self.hashes = _grown(self.hashes, cap, start)
+        for buf, r in zip(self.buffers, rows):
+            buf[start:start + n] = r
+        self.hashes[start:start + n] = hashes
+        self.index.update((i, start + k) for k, i in enumerate(ids))
+
+    def read(self, slots: list[int], device: torch.device) -> list[Tensor]:
+        index = _index(slots, self.buffers[0].device)
+        return [b.index_select(0, index) for b in self.buffers]
+
+    def stored_hashes(self, slots: list[int], device: torch.device) -> Tensor:
+        return self.hashes.index_select(0, _index(slots, self.hashes.device))
+
+    def nbytes(self) -> int:
+        return len(self.index) * sum(self.layout.row_bytes) if self.layout else 0
+
+
+def _grown(t: Tensor, cap: int, used: int) -> Tensor:
+    out = t.new_empty((cap, *t.shape[1:]))
+    out[:used] = t[:used]
+    return out
+
+
+class _DiskStore:
+    """Rows in raw memory-mapped files under ``path`` (one per output tensor, plus ids and hashes) and a
+    ``meta.json`` that says what they hold; rows written are flushed before ``meta.json`` counts them."""
+
+    def __init__(self, path: Path):
+        try:
+            import numpy  # noqa: F401
+        except ImportError as exc:
+            raise CacheError("store='disk' needs numpy: pip install numpy") from exc
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        meta_file = self.path / "meta.json"
+        self.meta: dict[str, Any] = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        self._open()
+
+    def _open(self) -> None:
+        import numpy as np
+
+        self.index, self.maps = {}, []
+        leaves = self.meta.get("leaves")
+        self.layout = _Layout([tuple(x["shape"]) for x in leaves], [getattr(torch, x["dtype"]) for x in leaves]) \
+            if leaves else None
+        cap = self.meta.get("capacity", 0)
+        if self.layout is None or not cap:
+            return
+        self.maps = [np.memmap(self.path / f"rows{j}.bin", np.uint8, "r+", shape=(cap, nb))
+                     for j, nb in enumerate(self.layout.row_bytes)]
+        self.ids = np.memmap(self.path / "ids.bin", np.int64, "r+", shape=(cap,))
+        self.hash_map = np.memmap(self.path / "hashes.bin", np.int64, "r+", shape=(cap,))
+        self.index = {int(i): slot for slot, i in enumerate(self.ids[:self.meta["count"]])}
+
+    def matches(self, key: dict) -> bool:
+        return self.meta.get("key") == key
+
+    def reset(self, key: dict) -> None:
+        for f in self.path.glob("*.bin"):
+            f.unlink()
+        self.maps = []
+        self.meta = {"format": 1, "key": key, "count": 0, "capacity": 0, "leaves": []}
+        self._write_meta()
+        self._open()
+
+    def clear(self) -> None:
+        self.reset(self.meta.get("key", {}))
+
+    def _write_meta(self) -> None:
+        tmp = self.path / "meta.json.tmp"
+        tmp.write_text(json.dumps(self.meta, indent=1))
+        os.replace(tmp, self.path / "meta.json")
+
+    def add(self, ids: list[int], hashes: Tensor, rows: list[Tensor]) -> None:
+        if self.layout is None:
+            self.meta["leaves"] = [{"shape": list(r.shape[1:]), "dtype": str(r.dtype).removeprefix("torch.")}
+                                   for r in rows]
+            self._open()
+        self.layout.check(rows)
+        start, n = self.meta["count"], len(ids)
+        if start + n > self.meta["capacity"]:
+            self._grow(max(start + n, 2 * self.meta["capacity"], 64))
+        for mm, r in zip(self.maps, rows):  # a device-to-host copy: filling syncs, cached steps do not
+            mm[start:start + n] = r.detach().cpu().contiguous().reshape(n, -1).view(torch.uint8).numpy()
+        self.ids[start:start + n] = ids
+        self.hash_map[start:start + n] = hashes.cpu().numpy()
+        for mm in (*self.maps, self.ids, self.hash_map):
+            mm.flush()
+        self.meta["count"] = start + n
+        self._write_meta()
+        self.index.update((i, start + k) for k, i in enumerate(ids))
+
+    def _grow(self, cap: int) -> None:
+        files = [f"rows{j}.bin" for j in range(len(self.layout.row_bytes))] + ["ids.bin", "hashes.bin"]
+        sizes = [*self.layout.row_bytes, 8, 8]
+        self.maps = []
+        for name, size in zip(files, sizes):
+            with open(self.path / name, "ab") as f:
+                f.truncate(cap * size)
+        self.meta["capacity"] = cap
+        self._open()
+
+    def read(self, slots: list[int], device: torch.device) -> list[Tensor]:
+        out = []
+        for mm, shape, dtype in zip(self.maps, self.layout.shapes, self.layout.dtypes):
+            host = torch.from_numpy(mm[slots]).view(dtype).reshape(len(slots), *shape)
+            out.append(host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device))
+        return out
+
+    def stored_hashes(self, slots: list[int], device: torch.device) -> Tensor:
+        return torch.from_numpy(self.hash_map[slots]).to(device)
+
+    def nbytes(self) -> int:
+        return self.meta["count"] * sum(self.layout.row_bytes) if self.layout else 0
+
+
+# -- the split ----------------------------------------------------------------------------------------------------
+@dataclass
+class _Out:
+    """The structure, shapes and dtypes a module call returned (not its values): placeholders are built from it."""
+
+    spec: pytree.TreeSpec
+    leaves: list[tuple]  # ("rows", row shape, dtype, device) | ("tensor", shape, dtype, device) | ("value", v)
+    _zeros: dict[int, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def of(output: Any, batch: int) -> _Out:
+        values, spec = pytree.tree_flatten(output)
+        leaves = []
+        for v in values:
+            if not isinstance(v, Tensor):
+                leaves.append(("value", v))
+            elif v.dim() and v.shape[0] == batch:
+                leaves.append(("rows", tuple(v.shape[1:]), v.dtype, v.device))
+            else:
+                leaves.append(("tensor", tuple(v.shape), v.dtype, v.device))
+        return _Out(spec, leaves)
+
+    def build(self, batch: int, rows: list[Tensor] | None = None) -> Any:
+        """This structure holding ``rows`` (in order, for the batched leaves), else zeros (made once per batch size:
+        the suffix never reads them, which the first cached forward checks)."""
+        if rows is None and batch in self._zeros:
+            return self._zeros[batch]
+        it = iter(rows or [])
+        values = [leaf[1] if leaf[0] == "value" else next(it) if rows is not None else
+                  torch.zeros((batch, *leaf[1]) if leaf[0] == "rows" else leaf[1], dtype=leaf[2], device=leaf[3])
+                  for leaf in self.leaves]
+        built = pytree.tree_unflatten(values, self.spec)
+        if rows is None:
+            self._zeros[batch] = built
+        return built
+
+
+@dataclass
+class _Call:
+    module: nn.Module
+    parent: _Call | None
+    rng: list[Tensor]
+    out: _Out | None = None
+
+
+class _Trace(TorchFunctionMode):
+    """Watches one forward: the module calls that finish before ``upto`` starts under one of its ancestors (the
+    prefix's roots) and what they return, and every parameter or buffer read until ``upto`` returns."""
+
+    def __init__(self, model: nn.Module, upto: nn.Module, batch: int, device: torch.device):
+        super().__init__()
+        self.upto, self.batch, self.device = upto, batch, device
+        self.drew: nn.Module | None = None  # the innermost module whose call drew random numbers
+        self.owner: dict[int, tuple[str, nn.Module, str, bool]] = {}
+        for module_name, module in model.named_modules(remove_duplicate=False):
+            for is_param, tensors in ((True, module._parameters), (False, module._buffers)):
+                for local, t in tensors.items():
+                    if t is not None:
+                        self.owner.setdefault(id(t), (f"{module_name}.{local}".lstrip("."), module, local, is_param))
+        self.read: dict[str, tuple[str, nn.Module, str, bool]] = {}
+        self.open: list[_Call] = []
+        self.done: list[_Call] = []
+        self.roots: list[_Call] | None = None
+        self.reading = True
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.reading:
+            for t in pytree.tree_leaves((args, kwargs)):
+                if isinstance(t, Tensor) and id(t) in self.owner:
+                    entry = self.owner[id(t)]
+                    self.read[entry[0]] = entry
+        return func(*args, **kwargs)
+
+    def pre(self, module: nn.Module, args: Any) -> None:
+        if module is self.upto and self.roots is None:
+            ancestors = {id(c) for c in self.open}
+            self.roots = [c for c in self.done if id(c.parent) in ancestors]
+        self.open.append(_Call(module, self.open[-1] if self.open else None, _rng_state(self.device)))
+
+    def post(self, module: nn.Module, args: Any, output: Any) -> None:
+        call = self.open.pop()
+        if self.drew is None and not _same(call.rng, _rng_state(self.device)):
+            self.drew = module
+        if self.roots is None:
+            call.out = _Out.of(output, self.batch)
+            self.done.append(call)
+        if module is self.upto:
+            self.reading = False
+
+
+@dataclass
+class _Plan:
+    """How to run the model without its prefix, for one input signature."""
+
+    roots: list[tuple[nn.Module, list[_Out]]]  # prefix modules called before upto, and what each call returned
+    upto_out: _Out
+    tensors: list[tuple[str, nn.Module, str, bool]]  # what the prefix owns or reads: name, owner, local, param?
+    modules: list[tuple[str, nn.Module]]  # the prefix's modules
+    verified: bool = False  # a cached forward matched the uncached one
+
+    def __post_init__(self) -> None:
+        self.tables = [(o._parameters if p else o._buffers, local) for _, o, local, p in self.tensors]
+
+
+def _lookup(owner: nn.Module, local: str, is_param: bool) -> Tensor | None:
+    return (owner._parameters if is_param else owner._buffers).get(local)
+
+
+def _rng_state(device: torch.device) -> list[Tensor]:
+    states = [torch.random.get_rng_state()]
+    backend = getattr(torch, device.type, None) if device.type != "cpu" else None
+    if backend is not None and hasattr(backend, "get_rng_state"):
+        states.append(backend.get_rng_state(device))  # generator state lives on the host: no device sync
+    return states
+
+
+def _same(a: list[Tensor], b: list[Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _set_rng_state(states: list[Tensor], device: torch.device) -> None:
+    torch.random.set_rng_state(states[0])
+    if len(states) > 1:
+        getattr(torch, device.type).set_rng_state(states[1], device)
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        a, b = a.detach(), b.detach()
+        return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5)) if a.is_floating_point() else bool(torch.equal(a, b))
+    return isinstance(a, Tensor) == isinstance(b, Tensor) and (isinstance(a, Tensor) or a == b)
+
+
+def _progress_bar(total: int | None, enabled: bool | None, desc: str):
+    """A tqdm bar on stderr, or None: when asked not to, when stderr is not a terminal, or without tqdm."""
+    if enabled is False or (enabled is None and not sys.stderr.isatty()):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="batch", leave=False)
+
+
+def _unpack(batch: Any) -> tuple[Any, tuple, dict]:
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise CacheError(f"fill() takes batches of (sample_ids, *model_args[, kwargs dict]), got "
+                         f"{type(batch).__name__}; e.g. cache.fill((ids, x) for ids, x, y in loader)")
+    rest = list(batch[1:])
+    kwargs = rest.pop() if isinstance(rest[-1], dict) else {}  # a trailing dict holds keyword arguments
+    return batch[0], tuple(rest), kwargs
+
+
+# -- the cache ----------------------------------------------------------------------------------------------------
+class FeatureCache:
+    """A drop-in for ``model`` that computes its frozen prefix (every module up to and including ``upto``) once per
+    sample and afterwards runs only the trainable suffix.
+
+    ``cache(sample_ids, *args, **kwargs)`` returns what ``model(*args, **kwargs)`` returns; ``sample_ids`` holds
+    one integer per row of the batch that names the sample (a dataset index: see :func:`with_ids`). Inputs must
+    be per-sample tensors (dimension 0 is the batch) and deterministic per id; pad sequences to a fixed length.
+
+    Args:
+        model (nn.Module): the model; everything the prefix computes with must be fully frozen, and the prefix
+            deterministic (dropout and BatchNorm in eval behaviour, as :func:`frostline.freeze` keeps them).
+        upto (str): qualified name of the last prefix module, e.g. ``"encoder.layer.3"`` or ``"features"``.
+        store (str): ``"memory"`` (tensors on the device that computed them) or ``"disk"`` (memory-mapped files
+            under ``path``, reused by a later process when the prefix's weights are the same).
+        path: the directory of a disk store.
+        progress (bool): show a progress bar in :meth:`fill` (default: when stderr is a terminal).
+        check_every (int): on an accelerator, how many calls may pass before input-change flags are read.
+
+    Raises:
+        CacheError: ``upto`` names no submodule; later, at a call: the prefix is not fully frozen, not
+            deterministic, cannot be cut at ``upto`` (its output has no batch dimension, ``upto`` runs twice, the
+            suffix reads other prefix outputs), or a seen sample's input changed.
+    """
+
+    def __init__(self, model: nn.Module, upto: str, *, store: Literal["memory", "disk"] = "memory",
+                 path: str | os.PathLike | None = None, progress: bool | None = None, check_every: int = 64):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not isinstance(upto, str) or not upto:
+            raise CacheError(f"upto must name a submodule of the model (e.g. 'encoder.layer.3'), got {upto!r}")
+        names = [n for n, _ in model.named_modules() if n]
+        if upto not in names:
+            import difflib
+
+            close = difflib.get_close_matches(upto, names, n=5, cutoff=0.3) or names[:5]
+            raise CacheError(f"the model has no submodule {upto!r}; closest: {', '.join(close)}")
+        if store not in ("memory", "disk"):
+            raise ValueError(f"store must be 'memory' or 'disk', got {store!r}")
+        if (store == "disk") != (path is not None):
+            raise ValueError("store='disk' needs path= (a directory); store='memory' takes no path")
+        if check_every < 1:
+            raise ValueError(f"check_every must be at least 1, got {check_every}")
+        self.model, self.upto, self.store, self.path = model, upto, store, path
+        self.progress, self.check_every = progress, check_every
+        self.invalidations = 0  # times the prefix changed and the stored rows were dropped
+        self._upto = model.get_submodule(upto)
+        self._store = _MemoryStore() if store == "memory" else _DiskStore(Path(path))
+        self._plans: dict[str, _Plan] = {}
+        self._modes_ok: set[tuple[bool, ...]] = set()  # training flags of the prefix checked to give the same rows
+        self._print: tuple | None = None  # the prefix's fingerprint when the plans were made
+        self._hasher = _Hasher()
+        self._pending: Tensor | None = None  # input-change flags not read yet (accelerators)
+        self._unread = 0
+
+    # -- public -----------------------------------------------------------------------------------------------------
+    def __call__(self, sample_ids: Any, *args: Any, **kwargs: Any) -> Any:
+        batch, tensors, sig = _describe(args, kwargs)
+        ids = _id_list(sample_ids, batch)
+        device = tensors[0].device
+        self._revalidate(device.type)
+        hashes = self._hasher.rows(tensors, batch, zlib.crc32(sig.encode()))
+        slots = [self._store.index.get(i) for i in ids]
+        plan = self._plans.get(sig)
+        if plan is not None and plan.verified and None not in slots and self._modes(plan) in self._modes_ok:
+            self._check_inputs(ids, slots, hashes)
+            return self._cached_forward(plan, slots, batch, device, args, kwargs)
+        return self._full_forward(ids, slots, hashes, sig, batch, device, args, kwargs)
+
+    def fill(self, batches: Iterable, *, total: int | None = None, progress: bool | None = None) -> int:
+        """Compute and store the prefix output of every sample in ``batches`` not stored yet (the suffix does not
+        run); return how many were added.
+
+        Each batch is ``(sample_ids, *model_args)``, with an optional trailing dict of keyword arguments, e.g.
+        ``cache.fill(((ids, x) for ids, x, y in loader), total=len(loader))``.
+        """
+        if total is None and hasattr(batches, "__len__"):
+            total = len(batches)
+        bar = _progress_bar(total, self.progress if progress is None else progress, f"caching up to {self.upto}")
+        added = 0
+        try:
+            for batch in batches:
+                sample_ids, args, kwargs = _unpack(batch)
+                added += self._fill_batch(sample_ids, args, kwargs)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        self._read_flags()
+        return added
+
+    def clear(self) -> None:
+        """Drop every stored row (a disk store's files too)."""
+        self._store.clear()
+        self._plans.clear()
+        self._modes_ok.clear()
+        self._print = None
+
+    def __len__(self) -> int:
+        """Samples stored."""
+        return len(self._store.index)
+
+    @property
+    def bytes_per_sample(self) -> int:
+        """Bytes of prefix output stored per sample (0 before the first)."""
+        layout = self._store.layout
+        return sum(layout.row_bytes) if layout else 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of prefix output stored in all (ids and hashes add 16 bytes per sample)."""
+        return self._store.nbytes()
+
+    def __repr__(self) -> str:
+        from ._table import human_bytes
+
+        where = f"'memory'" if self.store == "memory" else f"'disk', path={str(self.path)!r}"
+        return (f"FeatureCache(upto={self.upto!r}, store={where}, samples={len(self)}, "
+                f"{human_bytes(self.bytes_per_sample)}/sample, {human_bytes(self.nbytes)})")
+
+    # -- checks -----------------------------------------------------------------------------------------------------
+    def _fingerprint(self, plan: _Plan, device_type: str) -> tuple:
+        # host-side metadata only: a new tensor, an in-place write (version), new storage (.data =, .to(dtype)),
+        # or a freeze-state change each alter it
+        tensors = [None if (t := table.get(local)) is None else (id(t), t._version, t.data_ptr(), t.requires_grad)
+                   for table, local in plan.tables]
+        return tensors, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+    def _revalidate(self, device_type: str) -> None:
+        """Drop everything stored when a tensor the prefix computes with changed, or the autocast state did."""
+        if not self._plans:
+            return
+        plan = next(iter(self._plans.values()))
+        now = self._fingerprint(plan, device_type)
+        if now == self._print:
+            return
+        changed = [name for (name, *_), a, b in zip(plan.tensors, now[0], self._print[0]) if a != b]
+        what = f"{changed[0]} changed (values, dtype, device or freeze state)" if changed else "autocast changed"
+        warnings.warn(f"FeatureCache(upto={self.upto!r}): {what}; dropping {len(self)} stored samples, they will "
+                      "be computed again", stacklevel=3)
+        self.invalidations += 1
+        self.clear()
+
+    def _modes(self, plan: _Plan) -> tuple[bool, ...]:
+        return tuple(m.training for _, m in plan.modules)
+
+    def _check_prefix(self, plan: _Plan) -> None:
+        from ._state import partial_tensors
+
+        for name, owner, local, is_param in plan.tensors:
+            t = _lookup(owner, local, is_param)
+            if t is not None and t.requires_grad:
+                raise CacheError(f"the prefix up to {self.upto!r} is not fully frozen: {name} trains. Freeze it "
+                                 f"(frostline.freeze(model, {name!r})) or cache at an earlier module")
+        for name, module in plan.modules:
+            if partial_tensors(module):
+                raise CacheError(f"the prefix up to {self.upto!r} is not fully frozen: {name} is partially frozen "
+                                 f"({', '.join(partial_tensors(module))}); cache at an earlier module")
+            if module.training and isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+                raise CacheError(f"the prefix up to {self.upto!r} is stochastic: {name} is a dropout in training "
+                                 "mode, so its output changes every epoch. Put the prefix in eval mode (.eval() on "
+                                 "it after model.train()), or freeze it with frostline.freeze")
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training
+                                                                        or not module.track_running_stats):
+                raise CacheError(f"the prefix up to {self.upto!r} normalizes with batch statistics in {name}, so a "
+                                 "sample's output depends on its batch. Put the prefix in eval mode, or freeze it "
+                                 "with frostline.freeze")
+
+    def _stochastic(self, plan: _Plan, trace: _Trace | None) -> CacheError:
+        names = {id(m): n for n, m in plan.modules}
+        if trace is not None and trace.drew is not None:
+            drew = trace.drew
+            where = (f"{names.get(id(drew)) or 'the model'} ({type(drew).__name__}"
+                     f"{', in training mode' if drew.training else ''}) draws random numbers")
+        else:
+            training = [n for n, m in plan.modules if m.training][:3]
+            where = "it draws random numbers" + (f" (in training mode: {', '.join(training)} ...)" if training else "")
+        return CacheError(f"the prefix up to {self.upto!r} is stochastic: {where}, so its output changes every "
+                          "epoch. Put the prefix in eval mode (.eval() on it after model.train()) to cache it")
+
+    def _check_inputs(self, ids: list[int], slots: list[int], hashes: Tensor) -> None:
+        changed = self._store.stored_hashes(slots, hashes.device) != hashes
+        if hashes.device.type == "cpu":
+            if bool(changed.any()):
+                bad = [i for i, c in zip(ids, changed.tolist()) if c]
+                raise CacheError(_changed(bad))
+            return
+        flag = changed.any()  # stays on the device: read every check_every calls
+        self._pending = flag if self._pending is None else self._pending | flag
+        self._unread += 1
+        if self._unread >= self.check_every:
+            self._read_flags()
+
+    def _read_flags(self) -> None:
+        pending, self._pending, self._unread = self._pending, None, 0
+        if pending is not None and bool(pending):
+            raise CacheError(_changed(None))
+
+    def _disk_key(self, plan: _Plan) -> dict:
+        """What a disk store's rows depend on, content included: compared when a process first traces."""
+        named = [(n, t) for n, o, local, p in plan.tensors if (t := _lookup(o, local, p)) is not None]
+        digest = [self._hasher.content(t).cpu() for _, t in named]
+        return {"upto": self.upto, "model": type(self.model).__qualname__,
+                "tensors": [[n, list(t.shape), str(t.dtype)] for n, t in named],
+                "content": torch.stack(digest).tolist() if digest else []}  # one sync, once per process
+
+    # -- running the model ------------------------------------------------------------------------------------------
+    def _full_forward(self, ids, slots, hashes, sig, batch, device, args, kwargs) -> Any:
+        """The model as usual; ``upto``'s rows of unseen samples are stored on the way."""
+        rng = _rng_state(device)
+        plan, out = self._watched(ids, slots, hashes, sig, batch, device, args, kwargs, stop=False)
+        if not plan.verified:
+            self._verify(plan, ids, batch, device, args, kwargs, out, rng)
+        self._modes_ok.add(self._modes(plan))
+        return out
+
+    def _fill_batch(self, sample_ids: Any, args: tuple, kwargs: dict) -> int:
+        batch, tensors, sig = _describe(args, kwargs)
+        ids = _id_list(sample_ids, batch)
+        device = tensors[0].device
+        self._revalidate(device.type)
+        hashes = self._hasher.rows(tensors, batch, zlib.crc32(sig.encode()))
+        slots = [self._store.index.get(i) for i in ids]
+        seen = [k for k, s in enumerate(slots) if s is not None]
+        if seen:
+            self._check_inputs([ids[k] for k in seen], [slots[k] for k in seen], hashes[_index(seen, hashes.device)])
+        todo = list({i: k for k, i in reversed(list(enumerate(ids))) if slots[k] is None}.values())[::-1]
+        if not todo:
+            return 0
+        sub = pytree.tree_map(lambda v: v[_index(todo, v.device)] if isinstance(v, Tensor) else v, (args, kwargs))
+        with torch.no_grad():
+            self._watched([ids[k] for k in todo], [None] * len(todo), hashes[_index(todo, hashes.device)], sig,
+                          len(todo), device, sub[0], sub[1], stop=True)
+        return len(todo)
+
+    def _watched(self, ids, slots, hashes, sig, batch, device, args, kwargs, *, stop: bool) -> tuple[_Plan, Any]:
+        """Run the model with a hook on ``upto`` that checks the prefix and stores new rows (and with a trace when
+        this input signature has no plan yet); with ``stop``, end the forward there."""
+        plan = self._plans.get(sig)
+        if plan is not None:
+            self._check_prefix(plan)
+        trace = _Trace(self.model, self._upto, batch, device) if plan is None else None
+        found: dict[str, _Plan] = {} if plan is None else {"plan": plan}
+        rng = _rng_state(device)
+
+        def at_upto(module: nn.Module, inputs: Any, output: Any) -> None:
+            if "ran" in found:
+                raise CacheError(f"{self.upto!r} runs more than once per forward; cache up to a module that runs "
+                                 "once (a shared module cannot end a prefix)")
+            found["ran"] = True
+            if trace is not None:
+                found["plan"] = self._make_plan(trace, output, batch)
+                slots[:] = [self._store.index.get(i) for i in ids]  # a disk store of another prefix was reset
+            if not _same(rng, _rng_state(device)):
+                raise self._stochastic(found["plan"], trace)
+            self._take_rows(found["plan"], output, ids, slots, hashes)
+            if stop:
+                raise _Stop
+
+        handles = []
+        try:
+            if trace is not None:
+                for module in self.model.modules():
+                    handles.append(module.register_forward_pre_hook(trace.pre))
+                    handles.append(module.register_forward_hook(trace.post))
+            handles.append(self._upto.register_forward_hook(at_upto))
+            with trace if trace is not None else _nothing():
+                out = self.model(*args, **kwargs)
+        except _Stop:
+            out = None
+        finally:
+            for handle in handles:
+                handle.remove()
+        if "ran" not in found:
+            raise CacheError(f"{self.upto!r} did not run in the model's forward; name a module the forward calls")
+        plan = found["plan"]
+        if trace is not None:
+            self._plans[sig] = plan
+            self._print = self._fingerprint(plan, device.type)
+        return plan, out
+
+    def _make_plan(self, trace: _Trace, output: Any, batch: int) -> _Plan:
+        upto_out = _Out.of(output, batch)
+        flat = [leaf for leaf in upto_out.leaves if leaf[0] == "tensor"]
+        if flat:
+            raise CacheError(f"{self.upto!r} returns a tensor of shape {flat[0][1]} with no batch dimension of "
+                             f"{batch} rows; cache up to a module whose outputs are per sample")
+        if not any(leaf[0] == "rows" for leaf in upto_out.leaves):
+            raise CacheError(f"{self.upto!r} returns no tensor; cache up to a module that returns features")
+        names = {id(m): n for n, m in self.model.named_modules()}
+        roots: dict[int, tuple[nn.Module, list[_Out]]] = {}
+        for call in trace.roots or []:
+            roots.setdefault(id(call.module), (call.module, []))[1].append(call.out)
+        modules = {}
+        for top in [*(m for m, _ in roots.values()), self._upto]:
+            for sub_name, sub in top.named_modules():
+                modules[id(sub)] = (f"{names[id(top)]}.{sub_name}".rstrip("."), sub)
+        owned = [entry for entry in trace.owner.values() if id(entry[1]) in modules]
+        tensors = list({e[0]: e for e in [*owned, *trace.read.values()]}.values())
+        plan = _Plan(list(roots.values()), upto_out, tensors, list(modules.values()))
+        self._check_prefix(plan)
+        if isinstance(self._store, _DiskStore):
+            key = self._disk_key(plan)
+            if not self._store.matches(key):
+                if len(self._store.index):
+                    warnings.warn(f"FeatureCache: the disk store at {str(self.path)!r} holds rows of another "
+                                  "prefix (other weights, model or upto); starting it over", stacklevel=4)
+                self._store.reset(key)
+        return plan
+
+    def _take_rows(self, plan: _Plan, output: Any, ids, slots, hashes) -> None:
+        """Check ``upto``'s output, compare seen samples' inputs, store the rows of unseen ones."""
+        leaves = pytree.tree_leaves(output)
+        rows = [t for t in leaves if isinstance(t, Tensor)]
+        if any(t.requires_grad for t in rows):
+            raise CacheError(f"{self.upto!r}'s output requires grad: a trainable tensor or an input that requires "
+                             "grad feeds the prefix. Freeze everything the prefix computes with")
+        seen = [k for k, s in enumerate(slots) if s is not None]
+        if seen:
+            self._check_inputs([ids[k] for k in seen], [slots[k] for k in seen], hashes[_index(seen, hashes.device)])
+            if self._modes(plan) not in self._modes_ok:  # first time in this mode: do stored rows still hold?
+                stored = self._store.read([slots[k] for k in seen], rows[0].device)
+                fresh = [r[_index(seen, r.device)] for r in rows]
+                if not all(_close(a, b) for a, b in zip(fresh, stored)):
+                    raise CacheError(f"the prefix up to {self.upto!r} now computes other rows for samples it "
+                                     "stored, though the tensors it reads did not change: its output depends on "
+                                     "the training/eval mode or on state frostline cannot see. Call "
+                                     "cache.clear(), or keep the prefix in one mode")
+        new = list({ids[k]: k for k in reversed(range(len(ids))) if slots[k] is None}.items())[::-1]
+        if new:
+            pos = [k for _, k in new]
+            self._store.add([i for i, _ in new], hashes[_index(pos, hashes.device)],
+                            [r.detach()[_index(pos, r.device)] for r in rows])
+
+    def _verify(self, plan, ids, batch, device, args, kwargs, out, rng) -> None:
+        """Run the cached forward once with the RNG and buffers as the uncached one had them; refuse the split
+        if the outputs differ (the suffix reads more of the prefix than ``upto``'s output)."""
+        after = _rng_state(device)
+        buffers = [(b, b._version, b.detach().clone()) for b in self.model.buffers()]
+        _set_rng_state(rng, device)
+        try:
+            with torch.no_grad():
+                again = self._cached_forward(plan, [self._store.index[i] for i in ids], batch, device, args, kwargs)
+        finally:
+            _set_rng_state(after, device)
+            with torch.no_grad():
+                for b, version, value in buffers:
+                    if b._version != version:
+                        b.copy_(value)
+        a, spec_a = pytree.tree_flatten(out)
+        b, spec_b = pytree.tree_flatten(again)
+        if spec_a != spec_b or not all(_close(x, y) for x, y in zip(a, b)):
+            self._plans.clear()
+            raise CacheError(f"the model's output depends on more of the prefix than {self.upto!r}'s output (a "
+                             "skip connection, output_hidden_states, or a branch on prefix values), so the prefix "
+                             "cannot be skipped there; cache up to a later module")
+        plan.verified = True
+
+    def _cached_forward(self, plan: _Plan, slots: list[int], batch: int, device: torch.device, args: tuple,
+                        kwargs: dict) -> Any:
+        """The model with ``upto`` returning stored rows and the prefix modules before it returning placeholders."""
+        value = plan.upto_out.build(batch, self._store.read(slots, device))
+        done, calls = [False], {}
+
+        def placeholder(module: nn.Module, outs: list[_Out], own: Any):
+            def forward(*a: Any, **k: Any) -> Any:
+                if done[0]:  # a prefix module the suffix calls again
+                    return own(*a, **k)
+                n = calls[id(module)] = calls.get(id(module), -1) + 1
+                return outs[min(n, len(outs) - 1)].build(batch)
+
+            return forward
+
+        def stored(*a: Any, **k: Any) -> Any:
+            done[0] = True
+            return value
+
+        patches = [(m, placeholder(m, outs, m.forward)) for m, outs in plan.roots] + [(self._upto, stored)]
+        previous = [(m, m.__dict__.get("forward", _MISSING)) for m, _ in patches]
+        try:
+            for module, forward in patches:
+                module.__dict__["forward"] = forward
+            return self.model(*args, **kwargs)
+        finally:
+            for module, before in reversed(previous):
+                if before is _MISSING:
+                    module.__dict__.pop("forward", None)
+                else:
+                    module.__dict__["forward"] = before
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _changed(ids: list[int] | None) -> str:
+    which = f"samples {ids[:5]}{' ...' if len(ids) > 5 else ''}" if ids else "a stored sample (in the last calls)"
+    return (f"the input of {which} differs from when its prefix output was stored: random augmentation, or ids "
+            "that do not name samples. Cache only deterministic inputs (augmentation belongs after the cached "
+            "prefix), or give every distinct input its own id")

@@ -1,0 +1,118 @@
+"""The collectives that build something: :func:`ddp` (a checked, leaner DDP wrapper) and the rank-0
+:func:`trainable_state_dict`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .._state import partial_tensors
+from ._ranks import _disagreement, _frozen_states, _gather, _ranks
+from ._wrap import DistributedFreezeError, _brief, _is_dtensor, _require_process_group, _sharded_partials
+
+_IGNORE = "_ddp_params_and_buffers_to_ignore"  # the module attribute DDP's constructor reads (and only it)
+
+
+def _group_of(kwargs: dict[str, Any]) -> dist.ProcessGroup | None:
+    if kwargs.get("process_group") is not None:
+        return kwargs["process_group"]
+    mesh = kwargs.get("device_mesh")
+    return mesh.get_group() if mesh is not None else None
+
+
+def _unchanging_buffers(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """Buffers that cannot change while the frozen set stands: those of norms frostline keeps in eval (no
+    running-statistics update), and the indices, masks and saved frozen values of partial strategies."""
+    from ..freeze import _KEEP_EVAL
+
+    out: dict[str, Tensor] = {}
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        locals_ = set(module._buffers) if module.__dict__.get(_KEEP_EVAL) else set()
+        for local, part in partial_tensors(module).items():
+            locals_ |= {local, *part.internal_names()} & set(module._buffers)
+        for local in sorted(locals_):
+            buffer = module._buffers[local]
+            if buffer is not None and buffer.is_contiguous():  # broadcast needs contiguous memory
+                out.setdefault(prefix + local, buffer)
+    return list(out.items())
+
+
+def ddp(model: nn.Module, **kwargs: Any) -> DistributedDataParallel:
+    """Wrap ``model`` (frozen as it will train) in ``DistributedDataParallel``, with two steps DDP leaves out.
+
+    1. It checks that every rank freezes the same parameters (and the same elements of partially frozen ones).
+       DDP does not: mismatched buckets hang or all-reduce unrelated gradients.
+    2. Buffers that cannot change while the frozen set stands are broadcast from rank 0 once, here, and left
+       out of the buffer broadcast DDP otherwise repeats before every forward (``broadcast_buffers=True``, the
+       default): running statistics of norms frostline keeps in eval, and the indices, masks and saved frozen
+       values of partial strategies (the ``mask`` strategy saves a copy of every frozen element).
+
+    ``kwargs`` go to ``DistributedDataParallel`` unchanged. A collective: call it on every rank.
+
+    Returns:
+        DistributedDataParallel: the wrapper. Later changes to the frozen set need a new one (see the module docs).
+
+    Raises:
+        DistributedFreezeError: no process group, or ranks disagree on the frozen set (the message names the
+            parameters and ranks).
+    """
+    _require_process_group("frostline.distributed.ddp")
+    group = _group_of(kwargs)
+    disagree = _disagreement(_gather((_frozen_states(model), None), group), _ranks(group))
+    if disagree:
+        raise DistributedFreezeError(f"{disagree[0].message}.\nfix: {disagree[0].fix}")
+    quiet = _unchanging_buffers(model)
+    source = dist.get_global_rank(group, 0) if group is not None else 0
+    with torch.no_grad():
+        for _, buffer in quiet:  # what DDP's constructor would have broadcast, had they not been left out
+            dist.broadcast(buffer, src=source, group=group)
+    previous = model.__dict__.get(_IGNORE)
+    model.__dict__[_IGNORE] = sorted(set(previous or ()) | {n for n, _ in quiet})
+    try:
+        return DistributedDataParallel(model, **kwargs)
+    finally:  # DDP copied the list; restoring it keeps a later plain re-wrap from inheriting a stale one
+        if previous is None:
+            del model.__dict__[_IGNORE]
+        else:
+            model.__dict__[_IGNORE] = previous
+
+
+def trainable_state_dict(model: nn.Module, *, buffers: bool = True, rank: int = 0,
+                         cpu_offload: bool = False) -> dict[str, Tensor]:
+    """:func:`frostline.trainable_state_dict`, with FSDP2 shards gathered into full tensors on ``rank``.
+
+    Every rank must call it (gathering a sharded tensor is a collective); ``rank`` gets the dictionary, the others
+    an empty one. Replicated (DDP) values are taken as they are on ``rank``. To resume, load it with
+    :func:`frostline.load_trainable_state_dict` into the model frozen the same way, before ``fully_shard``.
+
+    Args:
+        model (nn.Module): the model (FSDP2-sharded, DDP-wrapped or plain).
+        buffers (bool): also the persistent buffers of modules that train, as in the one-process version.
+        rank (int): the global rank that receives the dictionary.
+        cpu_offload (bool): move the gathered tensors to the CPU (typical before saving); otherwise they stay on
+            the parameters' device.
+
+    Returns:
+        dict[str, Tensor]: full tensors on ``rank``, in the key format of the one-process version.
+
+    Raises:
+        DistributedFreezeError: a partially frozen tensor is sharded by FSDP2 (not supported).
+    """
+    from ..checkpoint import trainable_state_dict as local_state_dict
+
+    sharded = _sharded_partials(model)
+    if sharded:
+        raise DistributedFreezeError(f"partially frozen tensors under FSDP2 are not supported: {_brief(sharded)}")
+    mine = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == rank
+    out = {}
+    for key, value in local_state_dict(model, buffers=buffers).items():
+        if _is_dtensor(value):
+            value = value.full_tensor()  # an all-gather over the tensor's mesh: every rank, in the same order
+        if mine:
+            out[key] = value.detach().to("cpu") if cpu_offload else value.detach()
+    return out

@@ -1,0 +1,414 @@
+"""What freezing saves, measured per module: forward, input-gradient (dgrad) and weight-gradient (wgrad) FLOPs,
+activations kept for backward, and optimizer state, beside the same model with nothing frozen.
+
+One forward and one backward run on a copy of the model (the model itself, its buffers and gradients are left
+untouched) under a dispatch mode that counts the FLOPs of every matrix multiply, convolution and attention op
+(``torch.utils.flop_counter``'s formulas; elementwise ops are not counted, as is the convention). Each op is
+charged to the innermost module running it: in the forward through module hooks, in the backward through a hook
+on every autograd node, which remembers the module whose forward created it. A backward op is a wgrad when it
+computes a parameter's gradient and a dgrad when it computes an activation's: ``convolution_backward`` says so in
+its ``output_mask``; a matrix multiply in a node with both kinds of inputs is a dgrad when a parameter (or a view
+or cast of one) is an operand, since only the input gradient multiplies by the weight.
+
+>>> import torch, torch.nn as nn, frostline
+>>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+>>> _ = frostline.freeze(model, "2")
+>>> e = frostline.explain(model, torch.randn(32, 8))
+>>> row = e.row("2")                         # the frozen middle layer: its dgrad stays, its wgrad is gone
+>>> row.forward_flops, row.dgrad_flops, row.wgrad_flops
+(16384, 16384, 0)
+>>> e.unfrozen_row("2").wgrad_flops
+16384
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
+
+from ._table import human_bytes, human_count, render
+
+__all__ = ["explain", "Explanation", "ModuleCost"]
+
+aten = torch.ops.aten
+LOSS = "(loss)"  # ops of the loss function, outside the model
+MODEL = "(model)"  # the model's own forward, outside any submodule
+INPUTS = "(inputs)"  # the graph that made the example inputs, when they come with one
+
+
+def _cpu_sdpa(query, key, value, *args, out_val=None, **kwargs) -> int:
+    return sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+def _cpu_sdpa_backward(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
+
+
+# torch's registry lacks the CPU flash-attention kernels that scaled_dot_product_attention dispatches to on CPU
+_FORMULAS = {**flop_registry, aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa,
+             aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward}
+# ops whose output is a copy of their input: a cast or copy of a parameter is still "the weight" in a backward op
+_COPIES = {aten._to_copy, aten.clone, aten.contiguous, aten._autocast_to_reduced_precision}
+# autograd nodes that only reshape, view or cast their single input: an edge through them still ends at a parameter
+_PASS_THROUGH = {"TBackward", "ViewBackward", "UnsafeViewBackward", "TransposeBackward", "PermuteBackward",
+                 "ExpandBackward", "AsStridedBackward", "SliceBackward", "SelectBackward", "SqueezeBackward",
+                 "UnsqueezeBackward", "AliasBackward", "ReshapeAliasBackward", "ToCopyBackward", "CloneBackward",
+                 "NarrowBackward"}
+
+
+@dataclass
+class ModuleCost:
+    """One module's share of a training step; FLOPs are multiply-adds x 2, bytes are bytes."""
+
+    name: str
+    forward_flops: int = 0
+    dgrad_flops: int = 0
+    wgrad_flops: int = 0
+    activation_bytes: int = 0
+    optimizer_state_bytes: int = 0
+
+    @property
+    def step_flops(self) -> int:
+        return self.forward_flops + self.dgrad_flops + self.wgrad_flops
+
+    def _add(self, other: ModuleCost) -> None:
+        for f, value in zip(fields(self)[1:], _figures(other)):
+            setattr(self, f.name, getattr(self, f.name) + value)
+
+
+@dataclass
+class Explanation:
+    """Per-module costs of one training step with the model as frozen (``rows``) and with nothing frozen
+    (``unfrozen``); ``str()`` renders a table."""
+
+    rows: list[ModuleCost]
+    unfrozen: list[ModuleCost]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> ModuleCost:
+        return _sum(self.rows, "total")
+
+    @property
+    def unfrozen_total(self) -> ModuleCost:
+        return _sum(self.unfrozen, "unfrozen")
+
+    @property
+    def flop_ratio(self) -> float:
+        """Step FLOPs as frozen / with nothing frozen: the best-case step-time ratio."""
+        full = self.unfrozen_total.step_flops
+        return self.total.step_flops / full if full else 1.0
+
+    def row(self, name: str) -> ModuleCost:
+        """The frozen model's row for module ``name`` (``"(model)"``: the root's own ops)."""
+        return _find(self.rows, name)
+
+    def unfrozen_row(self, name: str) -> ModuleCost:
+        return _find(self.unfrozen, name)
+
+    def __str__(self) -> str:
+        before = {r.name: r for r in self.unfrozen}
+        body = [[r.name, human_count(r.forward_flops), human_count(r.dgrad_flops), human_count(r.wgrad_flops),
+                 human_bytes(r.activation_bytes), human_bytes(r.optimizer_state_bytes), _removed(r, before[r.name])]
+                for r in self.rows]
+        footer = [[t.name, human_count(t.forward_flops), human_count(t.dgrad_flops), human_count(t.wgrad_flops),
+                   human_bytes(t.activation_bytes), human_bytes(t.optimizer_state_bytes), ""]
+                  for t in (self.total, self.unfrozen_total)]
+        headers = ["module", "forward", "dgrad", "wgrad", "activations", "optimizer state", "removed by freezing"]
+        ratio = self.flop_ratio
+        lines = [render(headers, body, footer=footer,
+                        title="one training step, FLOPs and bytes measured (frozen as given vs nothing frozen)"),
+                 f"step FLOPs {ratio:.3f} of unfrozen: at best {1 / ratio:.2f}x faster" if ratio else
+                 "step FLOPs: nothing left to compute", *self.notes]
+        return "\n".join(lines)
+
+
+def _figures(row: ModuleCost) -> list[int]:
+    return [getattr(row, f.name) for f in fields(row)[1:]]
+
+
+def _find(rows: list[ModuleCost], name: str) -> ModuleCost:
+    for r in rows:
+        if r.name == name:
+            return r
+    raise KeyError(f"no row {name!r}; rows: {', '.join(r.name for r in rows[:8])}{', ...' if len(rows) > 8 else ''}")
+
+
+def _sum(rows: Iterable[ModuleCost], name: str) -> ModuleCost:
+    total = ModuleCost(name)
+    for r in rows:
+        total._add(r)
+    return total
+
+
+def _removed(now: ModuleCost, before: ModuleCost) -> str:
+    parts = [(label, b - a, fmt) for label, a, b, fmt in (
+        ("dgrad", now.dgrad_flops, before.dgrad_flops, human_count),
+        ("wgrad", now.wgrad_flops, before.wgrad_flops, human_count),
+        ("act.", now.activation_bytes, before.activation_bytes, human_bytes),
+        ("opt.", now.optimizer_state_bytes, before.optimizer_state_bytes, human_bytes))]
+    return ", ".join(f"{label} {fmt(d)}" for label, d, fmt in parts if d > 0) or "-"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _storage_key(t: Tensor) -> tuple[int, int] | None:
+    try:
+        s = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # sparse, nested, functional wrappers: nothing to count
+        return None
+    return s.data_ptr(), s.nbytes()
+
+
+def _nodes(tensors: Iterable[Any]) -> list:
+    return [t.grad_fn for t in tensors if isinstance(t, Tensor) and t.grad_fn is not None]
+
+
+class _Meter(TorchDispatchMode):
+    """Counts FLOPs per (module, kind) and saved-tensor bytes per module during one forward and backward."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.costs: dict[str, ModuleCost] = {}
+        self.stack = [MODEL]
+        self.calls = [MODEL]
+        self.backward: tuple[str, frozenset[str]] | None = None  # (module, edge kinds) of the node running
+        self.in_backward = False
+        self.node_module: dict[Any, str] = {}
+        self.param_ids = {id(p) for p in model.parameters()}
+        self.weights = {k[0] for p in model.parameters() if (k := _storage_key(p))}  # params, and copies of them
+        self.resident = self.weights | {k[0] for b in model.buffers() if (k := _storage_key(b))}
+        self.saved: set[int] = set()
+        self.keep_alive: list[Tensor] = []  # copies of weights, so their storage is not reused while we look
+
+    def cost(self, name: str) -> ModuleCost:
+        return self.costs.setdefault(name, ModuleCost(name))
+
+    # -- which module runs ----------------------------------------------------------------------------------------
+    def claim(self, roots: Iterable[Any], name: str) -> None:
+        """Charge the not yet claimed autograd nodes reachable from ``roots`` to module ``name``."""
+        todo = [n for n in roots if n is not None and n not in self.node_module]
+        while todo:
+            node = todo.pop()
+            if node in self.node_module:
+                continue
+            self.node_module[node] = name
+            todo.extend(fn for fn, _ in node.next_functions if fn is not None and fn not in self.node_module)
+
+    def enter(self, name: str, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.claim(_nodes(pytree.tree_leaves((args, kwargs))), self.stack[-1])  # the caller's glue before the call
+        self.stack.append(name)
+        self.calls.append(name)
+
+    def leave(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        self.claim(_nodes(pytree.tree_leaves(output)), self.stack.pop())
+
+    def arm_backward(self) -> None:
+        """Hook every claimed node so backward ops are charged to the module that created the node."""
+        self.in_backward = True
+        for node, name in self.node_module.items():
+            kinds = frozenset(self.edge_kind(fn) for fn, _ in node.next_functions if fn is not None)
+            node.register_prehook(functools.partial(self._node_starts, (name, kinds)))
+            node.register_hook(self._node_ends)
+
+    def _node_starts(self, what: tuple[str, frozenset[str]], grad_outputs) -> None:
+        self.backward = what
+
+    def _node_ends(self, grad_inputs, grad_outputs) -> None:
+        self.backward = None
+
+    def edge_kind(self, fn) -> str:
+        """"param" when a gradient edge ends, through views and casts, at a model parameter; else "act"."""
+        while fn is not None:
+            name = type(fn).__name__
+            if name == "AccumulateGrad":
+                return "param" if id(fn.variable) in self.param_ids else "act"
+            nxt = [f for f, _ in fn.next_functions if f is not None]
+            if name.rstrip("0123456789") not in _PASS_THROUGH or len(nxt) != 1:
+                return "act"
+            fn = nxt[0]
+        return "act"
+
+    # -- what each op costs ---------------------------------------------------------------------------------------
+    def pack(self, t: Tensor) -> Tensor:
+        key = _storage_key(t)
+        if key is not None and key[0] not in self.resident and key[0] not in self.saved:
+            self.saved.add(key[0])
+            self.cost(self.stack[-1]).activation_bytes += key[1]
+        return t
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        if not self.in_backward:
+            if packet in _COPIES and self._touches_weight(args):
+                copies = [t for t in pytree.tree_leaves(out) if isinstance(t, Tensor)]
+                self.keep_alive.extend(copies)
+                self.weights |= {k[0] for t in copies if (k := _storage_key(t))}
+            if packet in _FORMULAS:
+                self.cost(self.stack[-1]).forward_flops += _FORMULAS[packet](*args, **kwargs, out_val=out)
+            return out
+        if packet not in _FORMULAS or self.backward is None:
+            return out
+        name, kinds = self.backward
+        row = self.cost(name)
+        if packet is aten.convolution_backward:  # output_mask = (input grad, weight grad, bias grad)
+            mask = list(args[10])
+            for slot, attr in ((0, "dgrad_flops"), (1, "wgrad_flops")):
+                if mask[slot]:
+                    only = [i == slot for i in range(3)]
+                    flops = _FORMULAS[packet](*args[:10], only, *args[11:], **kwargs, out_val=out)
+                    setattr(row, attr, getattr(row, attr) + flops)
+            return out
+        flops = _FORMULAS[packet](*args, **kwargs, out_val=out)
+        if kinds == {"param"} or (len(kinds) == 2 and not self._touches_weight(args)):
+            row.wgrad_flops += flops
+        else:
+            row.dgrad_flops += flops
+        return out
+
+    def _touches_weight(self, args: tuple) -> bool:
+        return any(isinstance(t, Tensor) and (k := _storage_key(t)) is not None and k[0] in self.weights
+                   for t in pytree.tree_leaves(args))
+
+
+def _default_loss(output: Any) -> Tensor:
+    leaves = [t for t in pytree.tree_leaves(output) if isinstance(t, Tensor) and t.is_floating_point()]
+    if not leaves:
+        raise TypeError(f"the model returned no floating-point tensor ({type(output).__name__}); pass loss_fn= "
+                        "to turn its output into a scalar loss")
+    return sum(t.float().sum() for t in leaves)
+
+
+def _measure(model: nn.Module, args: tuple, kwargs: dict,
+             loss_fn: Callable[[Any], Tensor]) -> tuple[dict[str, ModuleCost], list[str]]:
+    """Costs per module of one forward and backward, and the modules in the order they were called."""
+    meter = _Meter(model)
+    meter.claim(_nodes(pytree.tree_leaves((args, kwargs))), INPUTS)
+    handles = []
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_pre_hook(functools.partial(meter.enter, name),
+                                                                with_kwargs=True))
+                handles.append(module.register_forward_hook(meter.leave, with_kwargs=True, always_call=True))
+        with meter, torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
+            output = model(*args, **kwargs)
+            meter.claim(_nodes(pytree.tree_leaves(output)), MODEL)
+            meter.stack[-1] = LOSS
+            loss = loss_fn(output)
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                raise TypeError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}"
+                                f"{'' if not isinstance(loss, Tensor) else f' of shape {tuple(loss.shape)}'}")
+            meter.claim(_nodes([loss]), LOSS)
+            meter.arm_backward()
+            if loss.requires_grad:
+                loss.backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return meter.costs, list(dict.fromkeys(meter.calls))
+
+
+def _state_layout(optimizer: torch.optim.Optimizer) -> list[tuple[bool, int, int]] | None:
+    """How the optimizer's state for one parameter is made: ``(param-shaped, element size, bytes)`` per tensor."""
+    for param, state in optimizer.state.items():
+        tensors = [v for v in state.values() if torch.is_tensor(v)]
+        return [(v.shape == param.shape, v.element_size(), v.numel() * v.element_size()) for v in tensors]
+    return None
+
+
+def _optimizer_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                     layout: list[tuple[bool, int, int]] | None) -> dict[str, int]:
+    """Optimizer-state bytes per owning module: measured in ``optimizer``; without one, what an optimizer with
+    this per-parameter ``layout`` holds for the trainable parameters (default: AdamW's two moments)."""
+    out: dict[str, int] = {}
+    for name, param in model.named_parameters():
+        owner = name.rpartition(".")[0] or MODEL
+        if optimizer is not None:
+            state = optimizer.state.get(param, {})
+            size = sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v))
+        elif not param.requires_grad:
+            size = 0
+        elif layout is not None:
+            size = sum(param.numel() * es if shaped else nbytes for shaped, es, nbytes in layout)
+        else:
+            size = 2 * param.numel() * param.element_size()
+        out[owner] = out.get(owner, 0) + size
+    return out
+
+
+def explain(model: nn.Module, *example_inputs: Any, loss_fn: Callable[[Any], Tensor] | None = None,
+            optimizer: torch.optim.Optimizer | None = None, **example_kwargs: Any) -> Explanation:
+    """Measure one training step of ``model`` per module, as frozen now and with nothing frozen.
+
+    Runs ``loss_fn(model(*example_inputs, **example_kwargs)).backward()`` once on a deep copy of the model and once
+    on a deep copy with everything unfrozen; the model itself (parameters, gradients, buffers) is not touched.
+
+    Args:
+        model (nn.Module): the model, frozen as you train it (train or eval mode as you train it).
+        *example_inputs: a representative batch; FLOPs and activation bytes scale with it.
+        loss_fn: turns the output into a scalar loss (default: the sum of every floating-point output tensor).
+        optimizer: report the bytes of state it holds per module (take one step first); without it, report what
+            AdamW would hold: two moments per trainable element. The unfrozen figure scales the measured bytes per
+            trainable element to every element.
+        **example_kwargs: keyword inputs of the model (``attention_mask=...``).
+
+    Returns:
+        Explanation: ``.rows`` (one :class:`ModuleCost` per module that ran ops or owns parameters, in the order
+        they ran; ``"(model)"`` is the root's own ops, ``"(loss)"`` the loss function's), ``.unfrozen``, ``.total``,
+        ``.unfrozen_total``, ``.flop_ratio``; ``str()`` is a table.
+
+    Raises:
+        TypeError: ``loss_fn`` did not return a scalar tensor, or the output holds no floating-point tensor.
+
+    Example:
+        >>> import torch, frostline
+        >>> from frostline.models import seed_cnn
+        >>> model = frostline.freeze(seed_cnn(), ["0", "2"])       # stem and first block: a frozen prefix
+        >>> e = frostline.explain(model, torch.randn(2, 3, 32, 32))
+        >>> e.row("2.0").dgrad_flops, e.row("2.0").wgrad_flops, e.row("2.0").activation_bytes
+        (0, 0, 0)
+        >>> e.flop_ratio < 1
+        True
+    """
+    from .freeze import unfreeze
+
+    loss_fn = loss_fn or _default_loss
+    frozen_copy = copy.deepcopy(model)
+    costs, calls = _measure(frozen_copy, example_inputs, example_kwargs, loss_fn)
+    unfrozen_copy = unfreeze(copy.deepcopy(model)) if any(True for _ in model.parameters()) else frozen_copy
+    full_costs, full_calls = _measure(unfrozen_copy, example_inputs, example_kwargs, loss_fn)
+
+    notes: list[str] = []
+    opt_now = _optimizer_bytes(model, optimizer, None)
+    layout = None if optimizer is None else _state_layout(optimizer)
+    if optimizer is None:
+        notes.append("optimizer state: what AdamW would hold, 2 moments per trainable element")
+    elif layout is None:
+        notes.append(f"the {type(optimizer).__name__} holds no state yet (take a step first): it shows 0 bytes; "
+                     "unfrozen: what AdamW would hold")
+    else:
+        notes.append(f"optimizer state measured in the {type(optimizer).__name__}; unfrozen: the same state per "
+                     "parameter for every parameter")
+    opt_full = _optimizer_bytes(unfrozen_copy, None, layout)
+
+    order = list(dict.fromkeys([*calls, *full_calls, *costs, *full_costs, *opt_full]))
+    order = [n for n in order if n != LOSS] + ([LOSS] if LOSS in order else [])
+    rows, unfrozen = [], []
+    for name in order:
+        now, full = costs.get(name, ModuleCost(name)), full_costs.get(name, ModuleCost(name))
+        now.optimizer_state_bytes, full.optimizer_state_bytes = opt_now.get(name, 0), opt_full.get(name, 0)
+        if not any(_figures(now) + _figures(full)):  # containers that only call their children
+            continue
+        rows.append(now)
+        unfrozen.append(full)
+    return Explanation(rows, unfrozen, notes)

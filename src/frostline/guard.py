@@ -1,0 +1,320 @@
+"""Prove that frozen means frozen: record every frozen value once, check it later, bit for bit.
+
+A snapshot records every fully frozen parameter, the frozen elements of partially frozen tensors, and every buffer
+of a fully frozen module (BatchNorm running statistics, position ids). Nothing runs between ``snapshot`` and
+``verify``, so guarding a training loop costs nothing per step. Comparison is on the raw bits, so ``-0.0`` vs
+``0.0`` counts as a change and an unchanged NaN does not.
+
+Memory: ``mode="copy"`` holds a copy of the recorded values on their own device (the bytes of the frozen
+elements, plus one byte per element of a partially frozen tensor for its mask) and reports how many elements
+changed and by how much. ``mode="hash"`` holds 16 bytes per tensor (32 for a partial one): two 64-bit weighted
+sums over the raw bits, which any single changed element always alters; it reports which tensors changed, and
+reads every recorded byte a few times, so it is slower than a copy (about 40 MiB of temporaries while hashing).
+
+>>> import torch, torch.nn as nn, frostline
+>>> model = frostline.freeze(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Linear(2, 1)), ["0", "1"])
+>>> with frostline.guard(model):
+...     model(torch.randn(4, 2)).sum().backward()
+>>> snap = frostline.snapshot(model)
+>>> with torch.no_grad():
+...     model[0].weight[0, 0] += 1.0
+>>> snap.verify(model)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+  ...
+frostline.errors.FrozenParameterChanged: 1 frozen tensor changed: 0.weight (1 of 4 elements, largest |difference| 1)...
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ._state import get_partial, named_logical_parameters, partial_tensors
+from ._table import human_bytes, render
+from .errors import FrozenParameterChanged
+
+__all__ = ["snapshot", "Snapshot", "guard", "Change"]
+
+Mode = Literal["copy", "hash"]
+_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_CHUNK = 1 << 20  # elements hashed at once: bounds the hash's temporary memory (~40 MiB)
+
+
+def _signed(x: int) -> int:
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+_MASK = (1 << 64) - 1
+_GOLDEN, _MIX1, _MIX2 = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+@dataclass(frozen=True)
+class Change:
+    """One recorded tensor that changed: elements changed (None in hash mode) of ``total``, the largest
+    absolute difference (None in hash mode), and a note when it vanished or changed shape."""
+
+    name: str
+    changed: int | None
+    total: int
+    max_abs_diff: float | None
+    note: str = ""
+
+
+@dataclass
+class _Record:
+    kind: Literal["param", "buffer"]
+    shape: torch.Size
+    dtype: torch.dtype
+    count: int  # elements recorded (a partial tensor's frozen ones)
+    values: Tensor  # copy: the recorded values (flat for a partial tensor); hash: their fingerprint
+    mask: Tensor | None = None  # partial tensors: the frozen mask (copy) or its fingerprint (hash)
+
+
+def _bits(t: Tensor) -> Tensor:
+    """The raw bits of ``t`` as integers, one row per element (exact comparison, NaN- and sign-aware)."""
+    flat = t.detach().reshape(-1)
+    if flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(-1)
+    return flat.contiguous().view(_INT[flat.element_size()]).reshape(t.numel(), -1)
+
+
+def _fingerprint(t: Tensor, weights: _Weights) -> Tensor:
+    """Two weighted sums, mod 2**64, of the raw bits with odd pseudo-random weights (splitmix64 of the position).
+
+    Every weight is odd, so changing any one element changes both sums; the sums are exact integer arithmetic,
+    so the result does not depend on reduction order or device. Stays on ``t``'s device (no host sync).
+    """
+    bits = _bits(t).reshape(-1)
+    out = torch.zeros(2, dtype=torch.int64, device=t.device)
+    for chunk_index, start in enumerate(range(0, bits.numel(), _CHUNK)):
+        chunk = bits[start:start + _CHUNK]
+        for k, w in enumerate(weights.get(chunk.numel(), t.device)):  # chunk * w promotes to int64
+            # position weight = (weight within the chunk) * (odd weight of the chunk): odd, and cheap to make
+            out[k] += (chunk * w).sum() * _mix(chunk_index, 2 * k + 1)
+    return out
+
+
+def _mix(x: int, seed: int) -> int:
+    """splitmix64 of ``x``, made odd, as a signed 64-bit int (for chunk weights)."""
+    z = (x + seed * 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return _signed((z ^ (z >> 31)) | 1)
+
+
+class _Weights:
+    """Odd pseudo-random weights per position within a chunk, made once per device for one snapshot or check."""
+
+    def __init__(self) -> None:
+        self._made: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def get(self, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        made = self._made.get(device)
+        if made is None or made[0].numel() < n:
+            index = torch.arange(max(n, 1024), dtype=torch.int64, device=device)
+            made = self._made[device] = (_splitmix(index, 2), _splitmix(index, 4))
+        return made[0][:n], made[1][:n]
+
+
+def _splitmix(index: Tensor, seed: int) -> Tensor:
+    # int64 arithmetic wraps around, which is what the mod-2**64 mix needs; >> is arithmetic, so mask it logical
+    z = index * _GOLDEN + _signed((seed * 0x9E3779B97F4A7C15) & _MASK)
+    z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * _MIX1
+    z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * _MIX2
+    return (z ^ ((z >> 31) & ((1 << 33) - 1))) | 1
+
+
+class Snapshot:
+    """Frozen values recorded by :func:`snapshot`; ``verify(model)`` checks them."""
+
+    def __init__(self, mode: Mode, records: dict[str, _Record]):
+        self.mode = mode
+        self._records = records
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the recorded tensors (parameters under their logical name, then buffers)."""
+        return list(self._records)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this snapshot holds."""
+        tensors = [t for r in self._records.values() for t in (r.values, r.mask) if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def __repr__(self) -> str:
+        return f"Snapshot(mode={self.mode!r}, tensors={len(self._records)}, holds {human_bytes(self.nbytes)})"
+
+    def changes(self, model: nn.Module) -> list[Change]:
+        """Every recorded tensor whose recorded values differ in ``model`` now (empty when nothing changed).
+
+        For a partially frozen tensor, copy mode compares the elements that were frozen at snapshot time; hash
+        mode compares the elements frozen now, and reports a change when that set differs from the recorded one.
+        """
+        params = dict(named_logical_parameters(model, remove_duplicate=False))
+        buffers = dict(model.named_buffers(remove_duplicate=False))
+        found: dict[str, Change] = {}
+        weights = _Weights()
+        pending: list[tuple[str, _Record, Tensor]] = []
+        for name, record in self._records.items():
+            now = params.get(name) if record.kind == "param" else buffers.get(name)
+            if now is None:
+                found[name] = Change(name, None, record.count, None, f"the model has no {record.kind} {name} now")
+            elif now.shape != record.shape or now.dtype != record.dtype:
+                found[name] = Change(name, None, record.count, None, f"{record.dtype} {tuple(record.shape)} "
+                                                                      f"became {now.dtype} {tuple(now.shape)}")
+            else:
+                partial = get_partial(model, name) if record.kind == "param" else None
+                current = (partial.full() if partial is not None else now).detach()
+                if record.mask is not None and self.mode == "hash":
+                    mask = _frozen_mask(model, name, now)
+                    if not torch.equal(_fingerprint(mask, weights), record.mask):
+                        found[name] = Change(name, None, record.count, None, "its set of frozen elements changed")
+                        continue
+                    current = current[mask]
+                elif record.mask is not None:
+                    current = current[record.mask]
+                pending.append((name, record, current))
+        if pending:  # one host sync for all tensors, details only for the ones that changed
+            differs = torch.stack([self._differs(record, now, weights) for _, record, now in pending]).tolist()
+            for (name, record, now), changed in zip(pending, differs):
+                if changed:
+                    found[name] = self._describe(name, record, now)
+        return [found[name] for name in self._records if name in found]
+
+    def _differs(self, record: _Record, now: Tensor, weights: _Weights) -> Tensor:
+        if self.mode == "hash":
+            return (_fingerprint(now, weights) != record.values).any()
+        return (_bits(now) != _bits(record.values)).any()
+
+    def _describe(self, name: str, record: _Record, now: Tensor) -> Change:
+        if self.mode == "hash":
+            return Change(name, None, record.count, None, "hash differs")
+        old = record.values
+        changed = (_bits(now) != _bits(old)).any(1).reshape(now.shape)
+        if now.dtype == torch.bool:
+            diff = 1.0
+        else:
+            wide = torch.complex128 if now.is_complex() else torch.float64
+            diff = float((now[changed].to(wide) - old[changed].to(wide)).abs().max())
+        return Change(name, int(changed.sum()), record.count, diff)
+
+    def verify(self, model: nn.Module) -> None:
+        """Raise :class:`frostline.FrozenParameterChanged` listing each recorded tensor that changed.
+
+        The exception's ``changes`` attribute holds the list of :class:`Change`.
+        """
+        changes = self.changes(model)
+        if changes:
+            error = FrozenParameterChanged(_message(changes))
+            error.changes = changes  # type: ignore[attr-defined]
+            raise error
+
+
+def _frozen_mask(model: nn.Module, name: str, tensor: Tensor) -> Tensor:
+    partial = get_partial(model, name)
+    if partial is not None:
+        return partial.frozen_mask()
+    return torch.full(tensor.shape, not tensor.requires_grad, dtype=torch.bool, device=tensor.device)
+
+
+def _message(changes: list[Change]) -> str:
+    def what(c: Change) -> str:
+        if c.changed is None:
+            return c.note
+        return f"{c.changed} of {c.total} elements, largest |difference| {c.max_abs_diff:.4g}"
+
+    head = f"{len(changes)} frozen tensor{'s' if len(changes) > 1 else ''} changed"
+    hint = "frostline.audit(model, optimizer) names the usual causes"
+    if len(changes) == 1:
+        return f"{head}: {changes[0].name} ({what(changes[0])}); {hint}"
+    rows = [[c.name, "-" if c.changed is None else str(c.changed), str(c.total),
+             c.note if c.changed is None else f"{c.max_abs_diff:.4g}"] for c in changes]
+    return f"{head}; {hint}:\n" + render(["tensor", "changed", "of", "largest |difference|"], rows)
+
+
+def _records(model: nn.Module) -> dict[str, tuple[Literal["param", "buffer"], Tensor, Tensor | None]]:
+    """What a snapshot records: (kind, tensor, frozen mask or None) by name, in model order."""
+    out: dict[str, tuple[Literal["param", "buffer"], Tensor, Tensor | None]] = {}
+    frozen_below: dict[str, bool] = {}  # module name -> every logical parameter beneath it is fully frozen
+    for name, tensor in named_logical_parameters(model):
+        partial = get_partial(model, name)
+        whole = partial is None and not tensor.requires_grad
+        if partial is not None:
+            out[name] = ("param", partial.full(), partial.frozen_mask())
+        elif whole:
+            out[name] = ("param", tensor, None)
+        parts = name.split(".")[:-1]
+        for i in range(len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            frozen_below[prefix] = frozen_below.get(prefix, True) and whole
+    for module_name, module in model.named_modules():
+        owner = module_name  # a module without parameters (BatchNorm without affine) goes by its nearest parent's
+        while owner not in frozen_below and owner:
+            owner = owner.rpartition(".")[0]
+        if not frozen_below.get(owner, False):
+            continue
+        internal = {n for p in partial_tensors(module).values() for n in p.internal_names()}
+        for local, buffer in module._buffers.items():
+            full_name = f"{module_name}.{local}" if module_name else local
+            if buffer is not None and local not in internal and full_name not in out:
+                out[full_name] = ("buffer", buffer, None)
+    return out
+
+
+def snapshot(model: nn.Module, mode: Mode = "copy") -> Snapshot:
+    """Record every frozen element of ``model`` and every buffer of its fully frozen modules.
+
+    Args:
+        model (nn.Module): the model, frozen as it will be trained.
+        mode (str): ``"copy"`` (exact report: how many elements changed and by how much; memory = the recorded
+            bytes) or ``"hash"`` (16 bytes per tensor; reports which tensors changed).
+
+    Returns:
+        Snapshot: call ``.verify(model)`` later; ``.names`` and ``.nbytes`` say what it holds.
+
+    Raises:
+        ValueError: an unknown ``mode``.
+
+    Example:
+        >>> import torch.nn as nn, frostline
+        >>> model = frostline.freeze(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), "0")
+        >>> frostline.snapshot(model, mode="hash")
+        Snapshot(mode='hash', tensors=2, holds 32 B)
+    """
+    if mode not in ("copy", "hash"):
+        raise ValueError(f"mode must be 'copy' (exact diffs, holds a copy) or 'hash' (16 bytes per tensor), "
+                         f"got {mode!r}")
+    records, weights = {}, _Weights()
+    for name, (kind, tensor, mask) in _records(model).items():
+        values = tensor.detach() if mask is None else tensor.detach()[mask]
+        if mode == "copy":
+            stored = values.clone() if mask is None else values  # indexing with a mask already copied
+            stored_mask = None if mask is None else mask.clone()
+        else:
+            stored = _fingerprint(values, weights)
+            stored_mask = None if mask is None else _fingerprint(mask, weights)
+        records[name] = _Record(kind, tensor.shape, tensor.dtype, values.numel(), stored, stored_mask)
+    return Snapshot(mode, records)
+
+
+@contextlib.contextmanager
+def guard(model: nn.Module, mode: Mode = "copy") -> Iterator[Snapshot]:
+    """Snapshot ``model`` on entry and verify it on a normal exit (an exception inside is left to propagate).
+
+    Example:
+        >>> import torch, torch.nn as nn, frostline
+        >>> model = frostline.freeze(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)), "0")
+        >>> opt = frostline.optimizer(model, torch.optim.AdamW, lr=0.1, weight_decay=0.1)
+        >>> with frostline.guard(model, mode="hash") as snap:
+        ...     model(torch.randn(3, 2)).sum().backward(); opt.step()
+        >>> snap.names
+        ['0.weight', '0.bias']
+    """
+    recorded = snapshot(model, mode)
+    yield recorded
+    recorded.verify(model)

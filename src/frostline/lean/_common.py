@@ -1,0 +1,67 @@
+"""What every lean forward shares: when to take the lean path, and how to leave autocast out of backward."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor, nn
+
+from .._state import partial_tensors
+
+
+def frozen(module: nn.Module) -> bool:
+    """True when the module owns no trainable tensor (checked on every call: a user may flip requires_grad)."""
+    return not any(p is not None and p.requires_grad for p in module._parameters.values()) and not (
+        partial_tensors(module))
+
+
+def wants_lean(module: nn.Module, x: object) -> bool:
+    """Take the lean path only when autograd will record this call and the module trains nothing.
+
+    When the input needs no gradient the plain forward records no graph and keeps nothing, which is already the
+    leanest form (a frozen region with nothing trainable upstream).
+    """
+    return (isinstance(x, Tensor) and x.requires_grad and torch.is_grad_enabled() and x.is_floating_point()
+            and frozen(module))
+
+
+def plain(module: nn.Module, *args, **kwargs):
+    """The module's own (class) forward."""
+    return type(module).forward(module, *args, **kwargs)
+
+
+def no_autocast(t: Tensor) -> contextlib.AbstractContextManager:
+    """Backward calls forward-style kernels (conv for a transposed conv's input gradient, and back); autocast
+    must not recast them when ``backward()`` is called inside an autocast region, as PyTorch's own backward
+    kernels are never autocast."""
+    kind = t.device.type
+    if kind in ("cpu", "cuda", "xpu", "mps", "hpu") and torch.is_autocast_enabled(kind):
+        return torch.autocast(kind, enabled=False)
+    return contextlib.nullcontext()
+
+
+def shape_only(shape: torch.Size, like: Tensor, channels_last: bool) -> Tensor:
+    """An uninitialised stand-in for an input that a backward kernel reads only for its shape and layout.
+
+    ``empty`` touches no memory; a zero-stride expanded tensor would look non-contiguous and send kernels down
+    slower paths (or make them copy it).
+    """
+    fmt = torch.contiguous_format
+    if channels_last:
+        fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+
+
+def is_channels_last(x: Tensor) -> bool:
+    if x.dim() not in (4, 5) or x.is_contiguous():
+        return False
+    fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    return x.is_contiguous(memory_format=fmt)
+
+
+def memory_format(x: Tensor) -> torch.memory_format:
+    """ATen's ``suggest_memory_format`` (not exposed to Python) for the dense layouts that matter."""
+    if not is_channels_last(x):
+        return torch.contiguous_format
+    return torch.channels_last if x.dim() == 4 else torch.channels_last_3d

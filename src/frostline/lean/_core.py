@@ -1,0 +1,114 @@
+"""Which modules run lean, and the switch that installs or removes their lean forward.
+
+A module runs lean when it is *eligible* and its recorded choice (``module.__dict__["_frostline_lean"]``) is
+True. The lean forward is installed as an instance attribute, ``functools.partial(family_forward, module)``, like
+``freeze``'s eval override: plain attributes, so ``deepcopy`` and pickling carry it, the class never changes and
+``state_dict`` keys stay the same. A module whose class overrides ``forward``, or that already has an instance
+``forward`` of someone else's, is left alone.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+from torch import nn
+from torch.nn.parameter import is_lazy
+
+from .._state import partial_tensors
+from ..errors import FreezeError
+from . import activation, conv, norm, pool
+
+CHOICE = "_frostline_lean"
+DEFAULT = True  # freeze(..., lean=None) on newly frozen modules; see the package docstring for why
+
+_NATIVE: list[tuple[type, None, str]] = [  # PyTorch already keeps the least for these; recorded for explain
+    (nn.Linear, None, "the weight only (PyTorch drops a frozen Linear's input)"),
+    (nn.Embedding, None, "nothing"),
+    *[(cls, None, "nothing in eval (a byte mask in training, as PyTorch)") for cls in
+      (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)],
+    (nn.Identity, None, "nothing"),
+    (nn.Flatten, None, "nothing"),
+    (nn.Unflatten, None, "nothing"),
+]
+COVERS: list[tuple[type, Callable | None, str]] = conv.COVERS + norm.COVERS + activation.COVERS + pool.COVERS + _NATIVE
+_OURS = {getattr(fn, "func", fn) for _, fn, _ in COVERS if fn is not None}
+
+
+def cover(module: nn.Module) -> tuple[Callable | None, str] | None:
+    """The lean forward (None: PyTorch's own is already lean) and what it keeps, for a covered module."""
+    for base, forward, keeps in COVERS:
+        if isinstance(module, base) and type(module).forward is base.forward:
+            return forward, keeps
+    return None
+
+
+def _owns(module: nn.Module) -> bool:
+    return any(p is not None for p in module._parameters.values()) or bool(partial_tensors(module))
+
+
+def _fully_frozen(module: nn.Module) -> bool:
+    params = [p for p in module._parameters.values() if p is not None]
+    return (bool(params) and not partial_tensors(module) and not any(p.requires_grad for p in params)
+            and not any(is_lazy(p) for p in params))
+
+
+def _ours(module: nn.Module) -> bool:
+    fn = module.__dict__.get("forward")
+    return isinstance(fn, functools.partial) and fn.func in _OURS
+
+
+def _eligible(modules: list[nn.Module]) -> list[bool]:
+    """Per module: may it run lean?
+
+    A module with parameters: when it is fully frozen (no trainable and no partially frozen tensor).
+    A parameter-free module (ReLU, pooling, ...): its lean form is exact anyway; it pays where its output is not
+    also held for a weight gradient downstream, i.e. when the next module with parameters (in registration
+    order; the previous one at the end of the model) is fully frozen. The parent rule of ``eval_frozen`` would
+    miss the ReLU that sits beside a trainable first layer and feeds the frozen network.
+    """
+    owns = [_owns(m) for m in modules]
+    frozen = [o and _fully_frozen(m) for o, m in zip(owns, modules)]
+    after: list[bool | None] = [None] * len(modules)
+    before: list[bool | None] = [None] * len(modules)
+    last = None
+    for i in reversed(range(len(modules))):
+        after[i] = last
+        last = frozen[i] if owns[i] else last
+    last = None
+    for i in range(len(modules)):
+        before[i] = last
+        last = frozen[i] if owns[i] else last
+    return [f if o else a if a is not None else b if b is not None else True
+            for o, f, a, b in zip(owns, frozen, after, before)]
+
+
+def refresh(model: nn.Module, lean: bool | None) -> None:
+    """Re-decide which modules run lean after the frozen set changed; ``lean`` sets newly eligible modules."""
+    if lean is not None and not isinstance(lean, bool):
+        raise FreezeError(f"lean must be True, False or None (frostline's default), not {lean!r}")
+    modules = [m for _, m in model.named_modules()]
+    for module, eligible in zip(modules, _eligible(modules)):
+        found = cover(module)
+        foreign = "forward" in module.__dict__ and not _ours(module)
+        if found is None or foreign or not eligible:
+            if _ours(module):
+                del module.__dict__["forward"]
+            module.__dict__.pop(CHOICE, None)
+            continue
+        choice = module.__dict__.get(CHOICE)
+        if choice is None:  # newly eligible: this call's lean, or the default
+            choice = module.__dict__[CHOICE] = DEFAULT if lean is None else lean
+        forward = found[0]
+        if choice and forward is not None and not _ours(module):
+            module.__dict__["forward"] = functools.partial(forward, module)
+        elif not choice and _ours(module):
+            del module.__dict__["forward"]
+
+
+def keeps(module: nn.Module) -> str | None:
+    """What ``module`` keeps for backward in its lean form, or None when it does not run lean."""
+    found = cover(module)
+    if found is None or not module.__dict__.get(CHOICE):
+        return None
+    return found[1]

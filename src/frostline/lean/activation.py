@@ -1,0 +1,101 @@
+"""ReLU, ReLU6/Hardtanh and LeakyReLU: keep one bit per element (PyTorch keeps a full-width input or output).
+
+Their input gradient is a gate, so a bit-packed mask (1/32 of a float32 activation) gives it exactly:
+
+- ReLU and Hardtanh zero the gradient where the bit is set. Backward expands the bits into an integer mask
+  (0 or all ones) and ANDs it into the gradient's bits: the same values as PyTorch's ``threshold_backward`` /
+  ``hardtanh_backward``, NaN gradients and signed zeros included, at the same speed.
+- LeakyReLU multiplies the gradient by 1 or ``negative_slope``, looked up per element in the precision PyTorch
+  computes in (float32 for half types), so ``grad * factor`` rounds exactly as ``leaky_relu_backward`` does.
+
+The bits follow PyTorch's own comparisons (``x <= 0`` for ReLU; ``x > 0`` for LeakyReLU), so a NaN input gates
+as PyTorch does. GELU, SiLU, Tanh and Sigmoid need no lean form: PyTorch already keeps only what their exact
+gradient needs (the input for GELU/SiLU, the output for Tanh/Sigmoid, which the next layer may hold anyway).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
+
+from . import _bits
+from ._common import plain, wants_lean
+
+
+def _zero_bits(x: Tensor, low: float | None, high: float | None) -> Tensor:
+    """Where the gradient is zeroed: ``x <= low`` or ``x >= high`` (the comparisons PyTorch's backward makes)."""
+    if high is None:
+        return x.le(low)
+    return x.le(low).logical_or_(x.ge(high))
+
+
+class _Gate(Function):
+    """``y = f(x)`` for a gated activation; backward needs only where the gate is open."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kind: str, a: float, b: float | None, inplace: bool) -> Tensor:
+        bits = x.gt(0) if kind == "leaky" else _zero_bits(x, a, b)
+        packed, order = _bits.pack(bits)
+        del bits
+        if kind == "leaky":
+            y = F.leaky_relu(x, a, inplace)
+        elif kind == "relu":
+            y = F.relu(x, inplace)
+        else:
+            y = F.hardtanh(x, a, b, inplace)
+        if inplace:
+            ctx.mark_dirty(x)
+        ctx.save_for_backward(packed)
+        ctx.layout, ctx.shape, ctx.kind, ctx.slope = order, x.shape, kind, a
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        (packed,) = ctx.saved_tensors
+        if ctx.kind == "leaky":
+            acc = torch.promote_types(grad.dtype, torch.float32)
+            factor = _bits.gate(packed, ctx.layout, ctx.shape, 1.0, ctx.slope, acc)
+            return (grad * factor).to(grad.dtype), None, None, None, None
+        as_int = _bits.INT_OF[grad.element_size()]
+        mask = _bits.gate(packed, ctx.layout, ctx.shape, 0, -1, as_int)  # -1: every bit set
+        return mask.bitwise_and_(grad.view(as_int)).view(grad.dtype), None, None, None, None
+
+
+def relu_forward(module: nn.ReLU, *args, **kwargs) -> Tensor:
+    """Lean forward of a ReLU."""
+    x = args[0] if args else kwargs.get("input")
+    if not wants_lean(module, x) or x.element_size() not in _bits.INT_OF:
+        return plain(module, *args, **kwargs)
+    return _Gate.apply(x, "relu", 0.0, None, module.inplace)
+
+
+def hardtanh_forward(module: nn.Hardtanh, *args, **kwargs) -> Tensor:
+    """Lean forward of a Hardtanh / ReLU6."""
+    x = args[0] if args else kwargs.get("input")
+    if not wants_lean(module, x) or x.element_size() not in _bits.INT_OF:
+        return plain(module, *args, **kwargs)
+    return _Gate.apply(x, "hardtanh", float(module.min_val), float(module.max_val), module.inplace)
+
+
+def leaky_relu_forward(module: nn.LeakyReLU, *args, **kwargs) -> Tensor:
+    """Lean forward of a LeakyReLU."""
+    x = args[0] if args else kwargs.get("input")
+    if not wants_lean(module, x):
+        return plain(module, *args, **kwargs)
+    return _Gate.apply(x, "leaky", float(module.negative_slope), None, module.inplace)
+
+
+BITS = "a 1-bit mask per element; not the input or output"
+COVERS = [
+    (nn.ReLU, relu_forward, BITS),
+    (nn.Hardtanh, hardtanh_forward, BITS),  # ReLU6 is a Hardtanh
+    (nn.LeakyReLU, leaky_relu_forward, BITS),
+    (nn.GELU, None, "its input (PyTorch's own op keeps only that)"),
+    (nn.SiLU, None, "its input (PyTorch's own op keeps only that)"),
+    (nn.Tanh, None, "its output (PyTorch's own op keeps only that; the next layer may hold it too)"),
+    (nn.Sigmoid, None, "its output (PyTorch's own op keeps only that; the next layer may hold it too)"),
+]

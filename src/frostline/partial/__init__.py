@@ -1,0 +1,196 @@
+"""Exact partial freezing: some rows, filters, channels or single elements of a tensor stay bit-identical.
+
+``frostline.freeze(model, name, rows=..., dim=..., mask=..., strategy=...)`` lands here. A partially frozen
+Parameter keeps its name, identity and shape and always holds the effective values, so ``state_dict`` keys never
+change; a *strategy* decides how the trainable part is stored and trained. One file per strategy, one small
+interface (:class:`frostline.partial._base.Strategy`), one registry:
+
+- ``mask``: the Parameter stays trainable; frozen gradients are zeroed and frozen values restored after each step.
+- ``delta``: only the trainable rows/elements are a Parameter; optimizer state exists for them alone.
+- ``split``: delta's storage, for Linear/Conv output rows; the frozen rows' weight gradient is never computed.
+- ``auto``: split for Linear/Conv output rows, delta for Embedding rows and when at most half trains, else mask.
+
+>>> import torch, torch.nn as nn, frostline, frostline.partial
+>>> conv = nn.Conv2d(3, 10, 3)
+>>> _ = frostline.freeze(conv, "weight", rows=[0, 2, 4, 6, 8])   # 5 of 10 filters
+>>> frostline.is_frozen(conv, "weight"), frostline.partial.get_partial(conv, "weight").strategy
+('partial', 'split')
+>>> before = conv.weight.detach().clone()
+>>> opt = torch.optim.AdamW([p for p in conv.parameters() if p.requires_grad], lr=0.1, weight_decay=0.1)
+>>> conv(torch.randn(2, 3, 8, 8)).square().mean().backward(); opt.step()
+>>> torch.equal(conv.weight[0::2], before[0::2]), torch.equal(conv.weight[1::2], before[1::2])
+(True, False)
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor, nn
+
+from .._state import PARTIAL_ATTR, get_partial, partial_tensors
+from ..errors import FreezeError
+from . import _forward
+from ._base import Strategy
+from ._hooks import attach, detach
+from ._layout import Layout, Rows, request
+from .delta import Delta
+from .mask import Mask
+from .split import Split
+
+__all__ = ["STRATEGIES", "Strategy", "choose", "freeze_partial", "unfreeze_partial", "remove_partial", "get_partial",
+           "refuse_non_parameter"]
+
+STRATEGIES: dict[str, type[Strategy]] = {"mask": Mask, "delta": Delta, "split": Split}
+AUTO_DELTA_FRACTION = 0.5  # auto: delta when at most this fraction trains (optimizer work and state ∝ fraction)
+
+
+def choose(module: nn.Module, local: str, layout: Layout, *, tied: bool = False,
+           current: Strategy | None = None) -> type[Strategy]:
+    """The strategy ``auto`` picks for ``layout`` of ``module.<local>``.
+
+    A tensor that is already partial keeps its strategy while that can serve the new layout (so the Parameters an
+    optimizer holds do not change under it). Otherwise: split for output rows of a Linear/Conv weight; delta for
+    Embedding rows and whenever at most half the elements train; mask for the rest.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> from frostline.partial import choose
+        >>> from frostline.partial._layout import request
+        >>> emb = nn.Embedding(10, 4)
+        >>> choose(emb, "weight", request("weight", emb.weight, rows=[1, 2], dim=0, mask=None)).strategy
+        'delta'
+    """
+    if current is not None and type(current).why_not(module, local, layout, tied) is None:
+        return type(current)
+    if Split.why_not(module, local, layout, tied) is None:
+        return Split
+    can_delta = Delta.why_not(module, local, layout, tied) is None
+    if can_delta and (isinstance(module, nn.Embedding) and layout.dim == 0
+                      or layout.trainable_fraction() <= AUTO_DELTA_FRACTION):
+        return Delta
+    if Mask.why_not(module, local, layout, tied) is None or not can_delta:
+        return Mask
+    return Delta
+
+
+def freeze_partial(model: nn.Module, name: str, *, rows: Rows | None = None, dim: int = 0,
+                   mask: Tensor | None = None, strategy: str = "auto") -> None:
+    """Freeze ``rows`` along ``dim`` (or the True elements of ``mask``) of parameter ``name``, on top of what is
+    frozen already. A parameter frozen whole stays frozen whole. (Use :func:`frostline.freeze`.)"""
+    module, local, param = _target(model, name)
+    wanted = request(name, param, rows, dim, mask)
+    _check_strategy(strategy)
+    current = partial_tensors(module).get(local)
+    if current is None and not param.requires_grad:
+        return
+    before = current.layout() if current is not None else Layout.whole(param.shape, False, param.device)
+    _settle(model, name, before.union(wanted), strategy)
+
+
+def unfreeze_partial(model: nn.Module, name: str, *, rows: Rows | None = None, dim: int = 0,
+                     mask: Tensor | None = None) -> None:
+    """Make ``rows``/``mask`` elements of ``name`` trainable again; unfreezing part of a parameter frozen whole
+    makes it partial. (Use :func:`frostline.unfreeze`.)"""
+    module, local, param = _target(model, name)
+    wanted = request(name, param, rows, dim, mask)
+    current = partial_tensors(module).get(local)
+    if current is None and param.requires_grad:
+        return
+    before = current.layout() if current is not None else Layout.whole(param.shape, True, param.device)
+    _settle(model, name, before.minus(wanted), "auto")
+
+
+def remove_partial(model: nn.Module, name: str) -> None:
+    """Turn partially frozen ``name`` back into its one plain, trainable Parameter (the original object, holding
+    the effective values). Does nothing when ``name`` is not partially frozen.
+
+    Example:
+        >>> import torch.nn as nn, frostline
+        >>> from frostline.partial import remove_partial
+        >>> lin = nn.Linear(3, 3)
+        >>> weight = lin.weight
+        >>> remove_partial(frostline.freeze(lin, "weight", rows=[0]), "weight")
+        >>> frostline.is_frozen(lin, "weight"), lin.weight is weight
+        (False, True)
+    """
+    module, local = _owner(model, name)
+    part = partial_tensors(module).get(local)
+    if part is None:
+        return
+    param = part.param
+    part.teardown()
+    for alias, alias_local in _aliases(model, param):
+        if partial_tensors(alias).get(alias_local) is part:
+            detach(alias, alias_local)
+    _forward.refresh(part.module)
+    param.requires_grad_(True)
+
+
+def refuse_non_parameter(model: nn.Module, spec: object) -> None:
+    """Raise :class:`FreezeError` when ``spec`` is the name of a buffer (rows=/mask= apply to parameters only)."""
+    if isinstance(spec, str) and spec in dict(model.named_buffers()):
+        _target(model, spec)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _settle(model: nn.Module, name: str, layout: Layout, strategy: str) -> None:
+    module, local, param = _target(model, name)
+    current = partial_tensors(module).get(local)
+    if layout.none_frozen() or layout.all_frozen():
+        remove_partial(model, name)
+        param.requires_grad_(not layout.all_frozen())
+        if layout.all_frozen():
+            param.grad = None
+        return
+    aliases = _aliases(model, param)
+    tied = len(aliases) > 1
+    if strategy == "auto":
+        cls = choose(module, local, layout, tied=tied, current=current)
+    else:
+        cls = STRATEGIES[strategy]
+        reason = cls.why_not(module, local, layout, tied)
+        if reason is not None:
+            raise FreezeError(f"strategy={strategy!r} cannot serve {name}: {reason} (strategy='auto' picks one "
+                              "that can)")
+    if current is not None:
+        remove_partial(model, name)
+    part = cls(module, local, layout)
+    attach(module, local, part)
+    for alias, alias_local in aliases:  # tied: every name of the Parameter answers "partial"
+        if alias is not module or alias_local != local:
+            alias.__dict__.setdefault(PARTIAL_ATTR, {})[alias_local] = part
+    _forward.refresh(module)
+
+
+def _check_strategy(strategy: str) -> None:
+    if strategy != "auto" and strategy not in STRATEGIES:
+        raise FreezeError(f"unknown strategy {strategy!r}; choose one of 'auto', {', '.join(map(repr, STRATEGIES))}")
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_name, _, local = name.rpartition(".")
+    try:
+        return model.get_submodule(module_name), local
+    except AttributeError:
+        raise FreezeError(f"{name!r} is not a parameter of the model") from None
+
+
+def _target(model: nn.Module, name: str) -> tuple[nn.Module, str, nn.Parameter]:
+    module, local = _owner(model, name)
+    param = module._parameters.get(local)
+    if param is None:
+        what = "a buffer" if local in module._buffers else "not a parameter"
+        raise FreezeError(f"{name!r} is {what} of the model; rows=/mask= freeze parts of parameters "
+                          "(frostline.select(model) lists them)")
+    if isinstance(param, nn.parameter.UninitializedParameter):
+        raise FreezeError(f"{name!r} is a lazy parameter that has no shape yet; run one forward pass first")
+    if isinstance(module, nn.Embedding) and module.max_norm is not None and local == "weight":
+        raise FreezeError(f"{name!r}: Embedding(max_norm={module.max_norm}) rescales rows in place during forward, "
+                          "frozen ones included; partial freezing needs max_norm=None")
+    return module, local, param
+
+
+def _aliases(model: nn.Module, param: Tensor) -> list[tuple[nn.Module, str]]:
+    return [(m, local) for _, m in model.named_modules(remove_duplicate=False)
+            for local, p in m._parameters.items() if p is param]

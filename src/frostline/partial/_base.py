@@ -1,0 +1,193 @@
+"""The interface every strategy implements, and the optimizer hook that runs strategies after each step.
+
+The partially frozen Parameter never leaves its module: it keeps its name, identity and full shape, and holds the
+effective values (frostline writes trainable values back after every ``torch.optim`` step and before
+``state_dict``). A strategy adds its storage beside it as ``_frostline_<role>_<name>`` Parameters and
+non-persistent buffers, so ``.to()``, ``deepcopy`` and pickling carry everything along.
+
+What cannot live on the module as a plain attribute is rebuilt from it instead:
+
+* the optimizer hook: one global ``register_optimizer_step_post_hook``, which finds the strategies to run by the
+  identity of the Parameters the optimizer just stepped (``_ACTIVE``, filled when a strategy is created, copied
+  or unpickled);
+* tensor hooks: ``deepcopy``/``pickle`` of a Parameter drop them, so strategies reinstall theirs in
+  ``__setstate__`` (and whenever they find their Parameter replaced, e.g. by ``load_state_dict(assign=True)``).
+"""
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from ._layout import Layout
+
+_ACTIVE: dict[int, weakref.ref] = {}  # id(Parameter an optimizer steps) -> weakref to the strategy to run after
+
+
+class Strategy:
+    """One partially frozen tensor, ``module.<local>``, stored the way a strategy stores it.
+
+    Subclasses set ``strategy`` and implement ``_setup``, ``layout``, ``trainable_parameters``, ``after_step`` and,
+    where they keep copies of values, ``sync``/``_reload``/``internal_values``/``load_trainable``.
+    """
+
+    strategy: ClassVar[str]
+    needs_forward: ClassVar[bool] = False  # the module must run through frostline's forward (see _forward.py)
+
+    @classmethod
+    def why_not(cls, module: nn.Module, local: str, layout: Layout, tied: bool) -> str | None:
+        """None when this strategy can serve ``layout`` of ``module.<local>``, else the reason it cannot."""
+        return None
+
+    def __init__(self, module: nn.Module, local: str, layout: Layout):
+        self.module, self.local = module, local
+        self.param: nn.Parameter = module._parameters[local]
+        self._internal: list[str] = []
+        self._setup(layout)
+        self._activate()
+
+    # -- the PartialTensor protocol (frostline._state) ------------------------------------------------------
+    def full(self) -> Tensor:
+        self.sync()
+        return self.param.detach()
+
+    def frozen_mask(self) -> Tensor:
+        return self.layout().full()
+
+    def internal_names(self) -> tuple[str, ...]:
+        return tuple(self._internal)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    # -- what subclasses provide ------------------------------------------------------------------------------
+    def _setup(self, layout: Layout) -> None:
+        raise NotImplementedError
+
+    def layout(self) -> Layout:
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Run after an optimizer stepped one of ``trainable_parameters()``."""
+        raise NotImplementedError
+
+    def sync(self, force: bool = False) -> None:
+        """Make ``self.param`` hold the effective values (strategies that keep trainable values apart); without
+        ``force``, only when the trainable storage changed since the last write."""
+
+    def internal_values(self, full: Tensor) -> dict[str, Tensor]:
+        """The internal Parameters' values for a loaded full tensor (``load_state_dict`` pre-hook)."""
+        return {}
+
+    def load_trainable(self, values: Tensor, index: Tensor) -> None:
+        """Write trainable ``values`` (the layout of :func:`frostline.trainable_state_dict`) into storage."""
+        with torch.no_grad():
+            full = self.param.detach().clone()
+            _put(full, self.layout().dim, index.to(full.device), values.to(full))
+            self.param.detach().copy_(full)
+            for name, value in self.internal_values(full).items():
+                self.module._parameters[name].detach().copy_(value)
+        self._reload()
+
+    def _reload(self) -> None:
+        """The Parameter holds new values (a checkpoint was loaded): refresh what was derived from them."""
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def _activate(self) -> None:
+        for param in self.trainable_parameters():
+            _ACTIVE[id(param)] = weakref.ref(self, functools.partial(_forget, id(param)))
+
+    def _deactivate(self) -> None:
+        for param in self.trainable_parameters():
+            ref = _ACTIVE.get(id(param))
+            if ref is not None and ref() is self:
+                del _ACTIVE[id(param)]
+
+    def check(self) -> None:
+        """Before a forward (eager): adopt a Parameter put in our place (``module.weight = ...``), with its values."""
+        if self.module._parameters.get(self.local) is not self.param:
+            self.after_load()
+
+    def _bind(self) -> None:
+        """Take the direct references to the module's Parameters again."""
+        self.param = self.module._parameters[self.local]
+
+    def _rebind(self) -> None:
+        self._deactivate()
+        self._bind()
+        self._activate()
+
+    def after_load(self) -> None:
+        self._rebind()
+        self._reload()
+
+    def teardown(self) -> None:
+        """Write the effective values into the Parameter and remove this strategy's storage and hooks."""
+        self.sync(force=True)
+        self._deactivate()
+        for name in self._internal:
+            self.module._parameters.pop(name, None)
+            self.module._buffers.pop(name, None)
+            self.module._non_persistent_buffers_set.discard(name)
+        self._internal = []
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # deepcopy/unpickle: the Parameters referenced here are the new ones; their tensor hooks are gone
+        self.__dict__.update(state)
+        self._activate()
+
+    # -- storage helpers ------------------------------------------------------------------------------------
+    def _name(self, role: str) -> str:
+        return f"_frostline_{role}_{self.local}"
+
+    def _add_buffer(self, role: str, tensor: Tensor) -> None:
+        self.module.register_buffer(self._name(role), tensor, persistent=False)
+        self._internal.append(self._name(role))
+
+    def _add_parameter(self, role: str, tensor: Tensor) -> nn.Parameter:
+        param = nn.Parameter(tensor)
+        self.module.register_parameter(self._name(role), param)
+        self._internal.append(self._name(role))
+        return param
+
+    def _get(self, role: str) -> Tensor:
+        name = self._name(role)
+        return self.module._buffers[name] if name in self.module._buffers else self.module._parameters[name]
+
+
+def _put(target: Tensor, dim: int | None, index: Tensor, values: Tensor) -> None:
+    """``target[index along dim] = values`` in place (flat row-major element indices when ``dim`` is None)."""
+    if dim is None:
+        target.put_(index, values.reshape(-1))
+    else:
+        target.index_copy_(dim, index, values)
+
+
+def _take(source: Tensor, dim: int | None, index: Tensor) -> Tensor:
+    return torch.take(source, index) if dim is None else source.index_select(dim, index)
+
+
+def _forget(key: int, _ref: weakref.ref) -> None:
+    if _ACTIVE.get(key) is _ref:
+        del _ACTIVE[key]
+
+
+def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    if not _ACTIVE:
+        return
+    done: set[int] = set()
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            ref = _ACTIVE.get(id(param))
+            part = ref() if ref is not None else None
+            if part is None or id(part) in done or not any(p is param for p in part.trainable_parameters()):
+                continue
+            done.add(id(part))
+            part.after_step()
+
+
+register_optimizer_step_post_hook(_after_optimizer_step)

@@ -1,0 +1,138 @@
+"""delta: only the trainable rows or elements are a Parameter; the original Parameter stops requiring grad.
+
+The trainable values live in ``_frostline_trainable_<name>`` (the trainable slices along ``dim``, or a 1-D vector of
+the trainable elements in row-major order, with their indices in a buffer), so an optimizer holds state for them
+alone: a fraction ``f`` trainable costs ``f`` of the dense optimizer state plus 8 bytes of index per trainable
+slice or element. The original Parameter keeps its name, identity and shape, and holds the effective values:
+frostline writes the trainable values into it after every optimizer step (``index_copy_`` of the trainable part
+only) and before ``state_dict``.
+
+Forward uses the original Parameter through a view whose backward hands the trainable part of the gradient to the
+trainable Parameter, so forward costs nothing extra. For an Embedding's token rows the backward never builds the
+table-sized gradient either: it accumulates the output gradient of the tokens whose rows train, into the trainable
+rows plus one sink row for every frozen token (no host sync, no data-dependent shapes).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._base import Strategy, _put, _take
+from ._forward import foreign_forward
+from ._layout import Layout
+
+
+class Delta(Strategy):
+    strategy = "delta"
+    needs_forward = True
+
+    @classmethod
+    def why_not(cls, module: nn.Module, local: str, layout: Layout, tied: bool) -> str | None:
+        if tied:
+            return "the Parameter is shared by several modules (tied); only 'mask' keeps every use of it in step"
+        if foreign_forward(module):
+            return f"this {type(module).__name__} has a forward set on the instance by other code"
+        return None
+
+    def _setup(self, layout: Layout) -> None:
+        module, self.dim = self.module, layout.dim
+        index = layout.trainable_index()
+        self._add_buffer("index", index)
+        self.trainable = self._add_parameter("trainable", _take(self.param.detach(), self.dim, index).clone())
+        self.param.requires_grad_(False)
+        self.param.grad = None
+        self._synced = self.trainable._version
+        self.owns_forward = (isinstance(module, nn.Embedding) and type(module).forward is nn.Embedding.forward
+                             and self.local == "weight" and self.dim == 0)
+        if self.owns_forward:  # token id -> its trainable row, or the sink row for a frozen token
+            remap = torch.full((self.param.shape[0],), len(index), dtype=torch.int64, device=index.device)
+            remap[index] = torch.arange(len(index), device=index.device)
+            self._add_buffer("remap", remap)
+            pad = module.padding_idx
+            self.padding_row = int(remap[pad]) if pad is not None and int(remap[pad]) < len(index) else -1
+
+    def _bind(self) -> None:
+        super()._bind()
+        self.param.requires_grad_(False)  # also for a Parameter someone put in our place
+        self.trainable = self.module._parameters[self._name("trainable")]
+
+    def check(self) -> None:
+        if self.module._parameters.get(self._name("trainable")) is not self.trainable:
+            self._rebind()
+        super().check()
+        self.sync()
+
+    def layout(self) -> Layout:
+        index = self._get("index")
+        frozen = torch.ones(self.param.shape[self.dim] if self.dim is not None else self.param.numel(),
+                            dtype=torch.bool, device=index.device)
+        frozen[index] = False
+        return Layout(self.param.shape, frozen if self.dim is not None else frozen.view(self.param.shape), self.dim)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [self.trainable]
+
+    def after_step(self) -> None:
+        self.sync(force=True)
+
+    def sync(self, force: bool = False) -> None:
+        if force or self.trainable._version != self._synced:
+            with torch.no_grad():
+                _put(self.param, self.dim, self._get("index"), self.trainable.detach())
+            self._synced = self.trainable._version
+
+    def internal_values(self, full: Tensor) -> dict[str, Tensor]:
+        return {self._name("trainable"): _take(full, self.dim, self._get("index").to(full.device))}
+
+    def _reload(self) -> None:
+        with torch.no_grad():
+            self.trainable.copy_(_take(self.param.detach(), self.dim, self._get("index")))
+        self._synced = self.trainable._version
+
+    def teardown(self) -> None:
+        super().teardown()
+        self.param.requires_grad_(True)
+
+    # -- forward ----------------------------------------------------------------------------------------------
+    def forward_tensor(self) -> Tensor:
+        return _Route.apply(self.param, self.trainable, self._get("index"), self.dim)
+
+    def forward(self, module: nn.Embedding, ids: Tensor) -> Tensor:
+        if not (torch.is_grad_enabled() and self.trainable.requires_grad):
+            return F.embedding(ids, self.param, module.padding_idx, None, 2.0, module.scale_grad_by_freq)
+        return _EmbeddingRows.apply(ids, self.param, self.trainable, self._get("remap"), self.padding_row,
+                                    module.scale_grad_by_freq)
+
+
+class _Route(torch.autograd.Function):
+    """Forward: the Parameter as it is (it holds the effective values). Backward: its gradient's trainable part."""
+
+    @staticmethod
+    def forward(ctx, base: Tensor, trainable: Tensor, index: Tensor, dim: int | None) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.dim = dim
+        return base.view_as(base)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (index,) = ctx.saved_tensors
+        return None, _take(grad, ctx.dim, index), None, None
+
+
+class _EmbeddingRows(torch.autograd.Function):
+    """``F.embedding`` over the whole table, with a gradient for the trainable rows only."""
+
+    @staticmethod
+    def forward(ctx, ids: Tensor, weight: Tensor, trainable: Tensor, remap: Tensor, padding_row: int,
+                scale_grad_by_freq: bool) -> Tensor:
+        ctx.save_for_backward(ids, remap)
+        ctx.rows, ctx.padding_row, ctx.scale = trainable.shape[0], padding_row, scale_grad_by_freq
+        return F.embedding(ids, weight, None, None, 2.0, scale_grad_by_freq)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        ids, remap = ctx.saved_tensors
+        rows = torch.ops.aten.embedding_dense_backward(grad, remap[ids], ctx.rows + 1, ctx.padding_row, ctx.scale)
+        return None, None, rows[: ctx.rows], None, None, None

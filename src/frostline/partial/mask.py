@@ -1,0 +1,90 @@
+"""mask: the tensor stays one Parameter; frozen gradients are zeroed, frozen values restored after each step.
+
+Nothing about the model changes shape or identity, so an optimizer built before freezing keeps working, with its
+state, and tied weights stay tied. Two things keep frozen elements exact:
+
+* a post-accumulate-grad hook zeroes their gradient, so clipping, accumulation and ``GradScaler`` see only the
+  trainable gradient (a zero gradient alone is not enough: weight decay and momentum still move an element);
+* after every optimizer step that touched the Parameter, the frozen elements are written back from a saved copy
+  of those elements only (``index_copy_`` for whole slices, ``masked_scatter_`` otherwise).
+
+The cost is a dense gradient and dense optimizer state, and one pass over the frozen elements per step: the
+cheapest strategy when most elements train.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+
+import torch
+from torch import Tensor, nn
+
+from ._base import Strategy
+from ._layout import Layout
+
+
+class Mask(Strategy):
+    strategy = "mask"
+
+    @classmethod
+    def why_not(cls, module: nn.Module, local: str, layout: Layout, tied: bool) -> str | None:
+        if isinstance(module, nn.Embedding) and module.sparse and local == "weight":
+            return "the Embedding has sparse=True, and a sparse gradient cannot be masked in place; use 'delta'"
+        return None
+
+    def _setup(self, layout: Layout) -> None:
+        self.dim = layout.dim
+        self._add_buffer("frozen", layout.broadcastable().clone())
+        if self.dim is not None:
+            self._add_buffer("index", layout.frozen_index())
+        self._add_buffer("saved", self._frozen_values())
+
+    def _frozen_values(self) -> Tensor:
+        values = self.param.detach()
+        if self.dim is not None:
+            return values.index_select(self.dim, self._get("index")).clone()
+        return values.masked_select(self._get("frozen"))
+
+    def layout(self) -> Layout:
+        frozen = self._get("frozen")
+        return Layout(self.param.shape, frozen.reshape(-1) if self.dim is not None else frozen, self.dim)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [self.param]
+
+    def after_step(self) -> None:
+        with torch.no_grad():
+            if self.dim is not None:
+                self.param.index_copy_(self.dim, self._get("index"), self._get("saved"))
+            else:
+                self.param.masked_scatter_(self._get("frozen"), self._get("saved"))
+
+    def _reload(self) -> None:
+        self._get("saved").copy_(self._frozen_values())
+
+    def _activate(self) -> None:
+        super()._activate()
+        hooks = getattr(self.param, "_post_accumulate_grad_hooks", None) or {}
+        if not any(_is_ours(hook, self) for hook in hooks.values()):
+            self.param.register_post_accumulate_grad_hook(functools.partial(_zero_frozen_grad, weakref.ref(self)))
+
+    def _deactivate(self) -> None:
+        super()._deactivate()
+        hooks = getattr(self.param, "_post_accumulate_grad_hooks", None) or {}
+        for key in [key for key, hook in hooks.items() if _is_ours(hook, self)]:
+            del hooks[key]
+
+
+def _is_ours(hook: object, part: Mask) -> bool:
+    return isinstance(hook, functools.partial) and hook.func is _zero_frozen_grad and hook.args[0]() is part
+
+
+def _zero_frozen_grad(ref: weakref.ref, param: Tensor) -> None:
+    part = ref()
+    if part is None or param.grad is None or part.module._parameters.get(part.local) is not param:
+        return
+    if part.dim is not None:  # whole slices: index_fill_ is several times faster than a broadcast mask
+        param.grad.index_fill_(part.dim, part._get("index"), 0)
+    else:
+        param.grad.masked_fill_(part._get("frozen"), 0)

@@ -1,0 +1,132 @@
+"""split: output rows of a Linear or Conv, where the frozen rows' weight gradient is never computed.
+
+Storage is delta's (the trainable rows are ``_frostline_trainable_weight``, the original Parameter holds the
+effective weight). The forward is the module's own single op on the effective weight, inside an autograd function
+whose backward computes the input (and bias) gradient with the whole weight, and the weight gradient from the
+trainable output channels of the output gradient only: ``grad_out[:, rows].T @ x`` for a Linear,
+``convolution_backward`` on those channels for a Conv. With half the filters frozen that removes half of the
+weight-gradient FLOPs (a third of a layer's training FLOPs is its weight gradient, so the floor is ~0.83x), and the
+optimizer steps the trainable rows only. Serves ``weight`` of Linear and Conv1d/2d/3d (groups=1) along dim 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import _forward
+from ._layout import Layout
+from .delta import Delta
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class Split(Delta):
+    strategy = "split"
+    owns_forward = True
+
+    @classmethod
+    def why_not(cls, module: nn.Module, local: str, layout: Layout, tied: bool) -> str | None:
+        kind = next((c for c in (nn.Linear, *_CONVS) if isinstance(module, c)), None)
+        if kind is None or type(module).forward is not kind.forward or local != "weight":
+            return ("it serves the weight of nn.Linear and nn.Conv1d/2d/3d (with their own forward); "
+                    f"this is {local!r} of {type(module).__name__}")
+        if layout.dim != 0:
+            return "it serves whole output rows (rows= along dim 0); use 'delta' or 'mask' for other layouts"
+        if isinstance(module, _CONVS) and module.groups != 1:
+            return f"the Conv has groups={module.groups}; it serves groups=1"
+        return super().why_not(module, local, layout, tied)
+
+    def _setup(self, layout: Layout) -> None:
+        super()._setup(layout)
+        self.owns_forward = True
+
+    def forward(self, module: nn.Module, x: Tensor) -> Tensor:
+        bias = _forward.tensor(module, "bias")
+        grads = torch.is_grad_enabled() and (x.requires_grad or self.trainable.requires_grad
+                                             or (bias is not None and bias.requires_grad))
+        if isinstance(module, nn.Linear):
+            if not grads:
+                return F.linear(x, self.param, bias)
+            return _SplitLinear.apply(x, self.param, self.trainable, bias, self._get("index"))
+        if not grads:
+            return module._conv_forward(x, self.param, bias)
+        x, padding = _conv_input(module, x)
+        return _SplitConv.apply(x, self.param, self.trainable, bias, self._get("index"), module.stride, padding,
+                                module.dilation)
+
+
+def _conv_input(module: nn.Module, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+    """The input and numeric padding for ``torch.convolution``, as the module's ``_conv_forward`` would pad."""
+    pads = module._reversed_padding_repeated_twice  # (left, right) per dim, last dim first
+    if module.padding_mode != "zeros":
+        return F.pad(x, pads, mode=module.padding_mode), (0,) * len(module.kernel_size)
+    if not isinstance(module.padding, str):
+        return x, tuple(module.padding)
+    if all(pads[i] == pads[i + 1] for i in range(0, len(pads), 2)):
+        return x, tuple(pads[::2][::-1])
+    return F.pad(x, pads), (0,) * len(module.kernel_size)
+
+
+def _autocast(t: Tensor) -> tuple[torch.dtype | None, contextlib.AbstractContextManager]:
+    """The dtype autocast would run this op in (None when off), and a context that turns autocast off."""
+    kind = t.device.type
+    if t.is_floating_point() and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind), torch.autocast(kind, enabled=False)
+    return None, contextlib.nullcontext()
+
+
+def _cast(dtype: torch.dtype | None, *tensors: Tensor | None) -> list[Tensor | None]:
+    return [t if t is None or dtype is None else t.to(dtype) for t in tensors]
+
+
+class _SplitLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, trainable: Tensor, bias: Tensor | None, index: Tensor) -> Tensor:
+        dtype, no_autocast = _autocast(x)
+        with no_autocast:
+            x, weight, bias = _cast(dtype, x, weight, bias)
+            out = F.linear(x, weight, bias)
+        ctx.save_for_backward(x, weight, index)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, index = ctx.saved_tensors
+        need_x, _, need_rows, need_bias, _ = ctx.needs_input_grad
+        grad_x = grad.matmul(weight) if need_x else None
+        flat = grad.reshape(-1, grad.shape[-1])
+        grad_rows = flat.index_select(1, index).t().matmul(x.reshape(-1, x.shape[-1])) if need_rows else None
+        grad_bias = flat.sum(0) if need_bias else None
+        return grad_x, None, grad_rows, grad_bias, None
+
+
+class _SplitConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, trainable: Tensor, bias: Tensor | None, index: Tensor,
+                stride: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...]) -> Tensor:
+        dtype, no_autocast = _autocast(x)
+        with no_autocast:
+            x, weight, bias = _cast(dtype, x, weight, bias)
+            out = torch.convolution(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), 1)
+        ctx.save_for_backward(x, weight, index)
+        ctx.conv = (stride, padding, dilation, False, [0] * len(stride), 1)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, index = ctx.saved_tensors
+        need_x, _, need_rows, need_bias = ctx.needs_input_grad[:4]
+        grad_x = grad_bias = grad_rows = None
+        bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+        if need_x or need_bias:
+            grad_x, _, grad_bias = torch.ops.aten.convolution_backward(
+                grad, x, weight, bias_sizes, *ctx.conv, [need_x, False, need_bias])
+        if need_rows:
+            _, grad_rows, _ = torch.ops.aten.convolution_backward(
+                grad.index_select(1, index), x, weight.index_select(0, index), None, *ctx.conv, [False, True, False])
+        return grad_x, None, grad_rows, grad_bias, None, None, None, None

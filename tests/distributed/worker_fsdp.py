@@ -1,0 +1,147 @@
+"""FSDP2 (``fully_shard``) with frostline-frozen models: 2 ranks, gloo, CPU (see common.py for the protocol).
+
+    torchrun --nproc_per_node=2 tests/distributed/worker_fsdp.py [scenario,...]
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+
+import frostline
+from common import rank_batch, run
+from frostline.distributed import DistributedFreezeError, audit_ranks, trainable_state_dict
+
+# One shard group holds a frozen weight beside its trainable bias, another a frozen LayerNorm beside a trainable
+# Linear: FSDP2 shards each parameter on its own, so the mix needs no wrapping policy.
+FROZEN = ["blocks.0.0.weight", "blocks.1.1"]
+
+
+class Blocks(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(6 if i == 0 else 16, 16), nn.LayerNorm(16), nn.ReLU()) for i in range(2))
+        self.out = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.out(x)
+
+
+def sharded() -> tuple[nn.Module, nn.Module]:
+    """A frozen model sharded with fully_shard, and an unsharded copy that trains on every rank's batch."""
+    torch.manual_seed(0)
+    model = frostline.freeze(Blocks(), FROZEN)
+    reference = copy.deepcopy(model)
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return model, reference
+
+
+def train(model: nn.Module, reference: nn.Module, optimizers: tuple, steps: int, first: int = 0) -> None:
+    """FSDP2 averages gradients over ranks; the reference sees the same average of the per-rank losses."""
+    world = dist.get_world_size()
+    for step in range(first, first + steps):
+        batch = rank_batch(step)
+        everyone = [torch.empty_like(batch) for _ in range(world)]
+        dist.all_gather(everyone, batch)
+        model(batch).square().mean().backward()
+        sum(reference(b).square().mean() for b in everyone).div(world).backward()
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+
+def full(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.full_tensor() for n, p in model.named_parameters()}  # a collective: same order on every rank
+
+
+def matches(model: nn.Module, reference: nn.Module) -> bool:
+    ours, theirs = full(model), dict(reference.named_parameters())
+    return all(torch.allclose(ours[n], theirs[n].detach(), rtol=1e-5, atol=1e-6) for n in ours)
+
+
+def mixed() -> None:
+    """Frozen shards bit-identical, no gradient and no optimizer state for them; training matches the reference."""
+    model, reference = sharded()
+    start = {n: p.to_local().clone() for n, p in model.named_parameters()}
+    optimizer = frostline.optimizer(model, torch.optim.AdamW, lr=0.05, weight_decay=0.1)
+    expected = frostline.optimizer(reference, torch.optim.AdamW, lr=0.05, weight_decay=0.1)
+    train(model, reference, (optimizer, expected), 3)
+    for name, param in model.named_parameters():
+        unchanged = torch.equal(param.to_local(), start[name])
+        assert unchanged == (not param.requires_grad), name  # frozen: bit-identical; trainable: moved
+        assert param.requires_grad or param.grad is None, name
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert {id(p) for p in optimizer.state} == {id(p) for p in trainable}
+    held = torch.tensor([sum(s["exp_avg"].to_local().numel() for s in optimizer.state.values())])
+    dist.all_reduce(held)  # the shards of all ranks together: exactly the trainable elements
+    assert int(held) == sum(p.numel() for p in trainable), int(held)
+    assert matches(model, reference)
+    assert frostline.audit(model, optimizer) == [] and audit_ranks(model) == []
+
+
+def unfreeze_after() -> None:
+    """Whole-parameter (un)freezing after fully_shard works; partial freezing after it is refused."""
+    model, reference = sharded()
+    optimizer = frostline.optimizer(model, torch.optim.AdamW, lr=0.05)
+    expected = frostline.optimizer(reference, torch.optim.AdamW, lr=0.05)
+    train(model, reference, (optimizer, expected), 1)
+    for target in (model, reference):
+        frostline.unfreeze(target, "blocks.1.1")
+        frostline.freeze(target, "out.bias")
+    frostline.sync(optimizer, model), frostline.sync(expected, reference)
+    frozen_bias, norm = model.out.bias.to_local().clone(), model.blocks[1][1].weight.to_local().clone()
+    train(model, reference, (optimizer, expected), 2, first=1)
+    assert torch.equal(model.out.bias.to_local(), frozen_bias)
+    assert not torch.equal(model.blocks[1][1].weight.to_local(), norm)  # unfrozen after sharding, and it trains
+    assert matches(model, reference)
+    try:
+        frostline.freeze(model, "out.weight", rows=[0])
+    except DistributedFreezeError as error:
+        assert "after fully_shard" in str(error), str(error)
+    else:
+        raise AssertionError("partial freezing after fully_shard must raise")
+
+
+def state_dict() -> None:
+    """trainable_state_dict gathered on rank 0: full tensors of what trains, loadable into an unsharded copy."""
+    model, reference = sharded()
+    optimizer = frostline.optimizer(model, torch.optim.AdamW, lr=0.05)
+    train(model, reference, (optimizer,), 1)
+    gathered = trainable_state_dict(model)
+    now = full(model)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if dist.get_rank() != 0:
+        assert gathered == {}
+        return
+    assert sorted(gathered) == sorted(trainable) and all(type(v) is torch.Tensor for v in gathered.values())
+    assert all(torch.equal(gathered[n], now[n]) for n in trainable)
+    fresh = copy.deepcopy(reference)  # unsharded, frozen the same way, untrained
+    assert not any(torch.equal(p, now[n]) for n, p in fresh.named_parameters() if p.requires_grad)
+    frostline.load_trainable_state_dict(fresh, gathered)
+    assert all(torch.equal(p, now[n]) for n, p in fresh.named_parameters())  # frozen: as they always were
+
+
+def guard() -> None:
+    """frostline.guard on each rank's shards (reported as a gap while guard cannot read DTensors)."""
+    model, reference = sharded()
+    optimizer = frostline.optimizer(model, torch.optim.AdamW, lr=0.05, weight_decay=0.1)
+    try:
+        with frostline.guard(model):
+            train(model, reference, (optimizer,), 1)
+    except (RuntimeError, NotImplementedError) as error:  # a DTensor limitation, not a frozen value that moved
+        print(f"GAP guard rank={dist.get_rank()}: {type(error).__name__}: {str(error)[:200]}", flush=True)
+
+
+if __name__ == "__main__":
+    run({"mixed": mixed, "unfreeze_after": unfreeze_after, "state_dict": state_dict, "guard": guard},
+        sys.argv[1].split(",") if len(sys.argv) > 1 else [])

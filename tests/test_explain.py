@@ -1,0 +1,147 @@
+"""explain(): FLOPs split into forward / dgrad / wgrad per module, kept activations, optimizer state."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import frostline
+from frostline.cli import main
+from frostline.models import small_cnn
+from frostline.summary import optimizer_state_bytes
+
+B, C, H = 2, 8, 12
+
+
+def conv_flops(cin: int, cout: int, k: int = 3) -> int:
+    return 2 * B * cout * H * H * cin * k * k  # stride 1, "same" padding
+
+
+def three_convs() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, C, 3, padding=1), nn.ReLU(), nn.Conv2d(C, C, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(C, 4, 3, padding=1))
+
+
+def image() -> torch.Tensor:
+    return torch.randn(B, 3, H, H)
+
+
+def test_frozen_middle_conv_loses_exactly_its_wgrad_and_keeps_its_dgrad():
+    model = frostline.freeze(three_convs(), "2")
+    e = frostline.explain(model, image())
+    middle, full = e.row("2"), e.unfrozen_row("2")
+    assert middle.forward_flops == full.forward_flops == conv_flops(C, C)
+    assert middle.dgrad_flops == full.dgrad_flops == conv_flops(C, C)  # the gradient still reaches conv 0
+    assert middle.wgrad_flops == 0 and full.wgrad_flops == conv_flops(C, C)
+    assert middle.optimizer_state_bytes == 0 and full.optimizer_state_bytes == 2 * 4 * (C * C * 9 + C)
+    for name in ("0", "4"):  # the trainable convs are unchanged
+        assert e.row(name) == e.unfrozen_row(name)
+    assert e.row("0").dgrad_flops == 0 and e.row("0").wgrad_flops == conv_flops(3, C)  # no grad wrt the image
+    assert e.unfrozen_total.step_flops - e.total.step_flops == conv_flops(C, C)
+
+
+def test_frozen_prefix_loses_dgrad_wgrad_and_kept_activations():
+    model = frostline.freeze(three_convs(), ["0", "2"])
+    e = frostline.explain(model, image())
+    for name in ("0", "1", "2", "3"):
+        row, full = e.row(name), e.unfrozen_row(name)
+        assert (row.dgrad_flops, row.wgrad_flops, row.activation_bytes) == (0, 0, 0)
+        assert row.forward_flops == full.forward_flops
+    assert e.unfrozen_row("2").wgrad_flops == conv_flops(C, C) and e.unfrozen_row("3").activation_bytes > 0
+    assert e.row("4").wgrad_flops == conv_flops(C, 4) and e.row("4").dgrad_flops == 0
+    assert e.row("4").activation_bytes == B * C * H * H * 4  # conv 4 keeps its float32 input for its wgrad
+    assert e.flop_ratio == pytest.approx(e.total.step_flops / e.unfrozen_total.step_flops)
+    assert e.flop_ratio < 0.5
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_linear_dgrad_and_wgrad_by_operand_also_under_autocast(autocast):
+    torch.manual_seed(0)
+    model = frostline.freeze(nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 24), nn.Tanh(),
+                                           nn.Linear(24, 3)), "2")
+    x = torch.randn(5, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):  # weights become bf16 copies
+        e = frostline.explain(model, x)
+    mm = 2 * 5 * 16 * 24
+    assert (e.row("2").forward_flops, e.row("2").dgrad_flops, e.row("2").wgrad_flops) == (mm, mm, 0)
+    assert (e.unfrozen_row("2").dgrad_flops, e.unfrozen_row("2").wgrad_flops) == (mm, mm)
+    assert (e.row("0").dgrad_flops, e.row("0").wgrad_flops) == (0, 2 * 5 * 6 * 16)
+
+
+def test_attention_flops_are_counted_in_the_module_that_runs_them():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16)
+    model = frostline.freeze(BertModel(config).eval(), ["embeddings", "encoder.layer.0"])
+    ids = torch.randint(0, 50, (2, 8))
+    e = frostline.explain(model, input_ids=ids, attention_mask=torch.ones_like(ids))
+    qk_and_v = 2 * 2 * (2 * 2) * 8 * 8 * 8  # 2 matmuls x 2 FLOPs per MAC x (batch x heads) x (8x8) @ (8x8)
+    for layer in ("0", "1"):
+        assert e.row(f"encoder.layer.{layer}.attention.self").forward_flops == qk_and_v
+    frozen, trained = e.row("encoder.layer.0.attention.self.query"), e.row("encoder.layer.1.attention.self.query")
+    assert (frozen.dgrad_flops, frozen.wgrad_flops, frozen.activation_bytes) == (0, 0, 0)
+    assert trained.wgrad_flops == 2 * 2 * 8 * 16 * 16
+    assert trained.dgrad_flops == 0  # layer 1's input comes from the frozen prefix: no gradient wanted there
+    assert e.row("encoder.layer.1.attention.output.dense").dgrad_flops == 2 * 2 * 8 * 16 * 16
+
+
+def test_activation_bytes_match_lean_measurement():
+    model = frostline.freeze(three_convs(), "2")
+    x = image()
+    e = frostline.explain(model, x)
+    measured = frostline.lean.saved_bytes(copy.deepcopy(model), x)
+    assert {r.name: r.activation_bytes for r in e.rows if r.activation_bytes} == measured
+
+
+def test_optimizer_state_measured_per_module():
+    model = frostline.freeze(small_cnn(), "features")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    e = frostline.explain(model, torch.randn(2, 3, 8, 8), optimizer=opt)
+    head = e.row("head.1")
+    assert head.optimizer_state_bytes == optimizer_state_bytes(opt, model.head.parameters())
+    assert e.row("features.0").optimizer_state_bytes == 0
+    conv = model.features[0]
+    expected = 2 * 4 * conv.weight.numel() + 4 + 2 * 4 * conv.bias.numel() + 4  # moments + step, per parameter
+    assert e.unfrozen_row("features.0").optimizer_state_bytes == expected
+    assert "measured in the AdamW" in str(e)
+
+
+def test_model_is_not_touched_and_table_renders():
+    model = frostline.freeze(small_cnn(), "features.0").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    e = frostline.explain(model, torch.randn(4, 3, 8, 8))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats, weights
+    assert all(p.grad is None for p in model.parameters())
+    text = str(e)
+    assert "removed by freezing" in text and "unfrozen" in text and "wgrad" in text
+    assert e.total.forward_flops == sum(r.forward_flops for r in e.rows)
+
+
+def test_loss_fn_and_errors():
+    model = three_convs()
+    e = frostline.explain(model, image(), loss_fn=lambda out: out[:, 0].mean())
+    assert e.row("4").wgrad_flops == conv_flops(C, 4)
+    with pytest.raises(TypeError, match="scalar"):
+        frostline.explain(model, image(), loss_fn=lambda out: out)
+    with pytest.raises(KeyError, match="no row"):
+        e.row("nope")
+
+
+def test_cli_explain(capsys, tmp_path):
+    assert main(["explain", "small_cnn", "--freeze", "features", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "features.0" in out and "best" in out
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=16, max_position_embeddings=32)).save_pretrained(tmp_path)
+    assert main(["explain", str(tmp_path), "--freeze", "embeddings", "--batch", "2", "--seq-len", "8"]) == 0
+    assert "encoder.layer.0.attention.self" in capsys.readouterr().out
+    assert main(["explain", "small_cnn", "--batch", "0"]) == 2
+    assert "--batch must be at least 1" in capsys.readouterr().err

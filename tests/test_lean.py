@@ -1,0 +1,329 @@
+"""Lean backward (issue 9): exact gradients, less kept, reversible, per layer type and per model."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+import frostline
+from frostline import FreezeError, freeze, unfreeze
+from frostline.lean import _bits, keeps, norm, saved_bytes
+from frostline.models import seed_cnn, small_cnn, tiny_resnet
+
+
+class Probe(nn.Module):
+    """A frozen scalar gain: gives parameter-free layers a frozen neighbour (the lean rule for them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+def _bn(cls, c, **kw):
+    def make():
+        bn = cls(c, **kw)
+        with torch.no_grad():  # non-trivial running statistics and affine
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            if bn.affine:
+                bn.weight.uniform_(-2, 2)
+                bn.bias.uniform_(-1, 1)
+        return bn
+    return make
+
+
+# (id, module factory, input shape)
+LAYERS = [
+    ("conv1d", lambda: nn.Conv1d(4, 6, 3, stride=2, padding=1), (3, 4, 11)),
+    ("conv2d-groups", lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), (3, 4, 9, 8)),
+    ("conv2d-same-even", lambda: nn.Conv2d(4, 6, (3, 2), padding="same", dilation=2), (3, 4, 9, 8)),
+    ("conv2d-reflect", lambda: nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect", bias=False), (3, 4, 7, 7)),
+    ("conv1d-replicate", lambda: nn.Conv1d(4, 6, 3, padding=2, padding_mode="replicate"), (3, 4, 7)),
+    ("conv3d-circular", lambda: nn.Conv3d(4, 6, 3, padding=1, padding_mode="circular"), (2, 4, 4, 5, 4)),
+    ("conv2d-unbatched", lambda: nn.Conv2d(4, 6, 3, stride=3), (4, 10, 10)),
+    ("conv3d", lambda: nn.Conv3d(4, 6, 3, stride=(1, 2, 2), padding=1), (2, 4, 5, 6, 7)),
+    ("convT1d", lambda: nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, output_padding=1), (3, 4, 7)),
+    ("convT2d", lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2, dilation=2), (3, 4, 5, 6)),
+    ("convT3d", lambda: nn.ConvTranspose3d(4, 6, 2, stride=2), (2, 4, 3, 4, 3)),
+    ("bn1d-2d", _bn(nn.BatchNorm1d, 4), (5, 4)),
+    ("bn1d-3d", _bn(nn.BatchNorm1d, 4), (5, 4, 6)),
+    ("bn2d", _bn(nn.BatchNorm2d, 4), (3, 4, 5, 6)),
+    ("bn3d", _bn(nn.BatchNorm3d, 4), (2, 4, 3, 4, 5)),
+    ("bn2d-no-affine", _bn(nn.BatchNorm2d, 4, affine=False), (3, 4, 5, 6)),
+    ("layernorm", lambda: nn.LayerNorm(6), (3, 5, 6)),
+    ("layernorm-2d", lambda: nn.LayerNorm((5, 6)), (3, 5, 6)),
+    ("groupnorm", lambda: nn.GroupNorm(2, 4), (3, 4, 5, 6)),
+    ("relu", nn.ReLU, (3, 4, 5, 7)),
+    ("relu-inplace", lambda: nn.ReLU(inplace=True), (3, 4, 5, 6)),
+    ("leaky", lambda: nn.LeakyReLU(0.1), (3, 4, 5, 7)),
+    ("relu6", nn.ReLU6, (3, 4, 5, 6)),
+    ("hardtanh", lambda: nn.Hardtanh(-0.5, 0.5), (3, 7)),
+    ("maxpool1d", lambda: nn.MaxPool1d(3, 2, 1), (3, 4, 11)),
+    ("maxpool2d", lambda: nn.MaxPool2d(3, 2, 1, ceil_mode=True), (3, 4, 9, 8)),
+    ("maxpool3d", lambda: nn.MaxPool3d(2), (2, 4, 4, 6, 4)),
+    ("adaptivemax2d", lambda: nn.AdaptiveMaxPool2d((3, 2)), (3, 4, 7, 5)),
+    ("avgpool1d", lambda: nn.AvgPool1d(3, 2, 1), (3, 4, 11)),
+    ("avgpool2d", lambda: nn.AvgPool2d(3, 2, 1, count_include_pad=False), (3, 4, 9, 8)),
+    ("avgpool3d", lambda: nn.AvgPool3d(2, divisor_override=3), (2, 4, 4, 6, 4)),
+    ("adaptiveavg1d", lambda: nn.AdaptiveAvgPool1d(3), (3, 4, 11)),
+    ("adaptiveavg2d", lambda: nn.AdaptiveAvgPool2d((3, 2)), (3, 4, 7, 5)),
+]
+
+
+def _pair(make):
+    """The same frozen wrapper twice: plain PyTorch freezing and lean."""
+    torch.manual_seed(0)
+    wrapper = nn.Sequential(make(), Probe())
+    plain = freeze(copy.deepcopy(wrapper), lean=False)
+    lean = freeze(wrapper, lean=True)
+    return plain, lean
+
+
+def _run(model, x):
+    return model(x * 1.0)  # a fresh non-leaf: in-place layers may modify it
+
+
+def _grads(model, x, g, ctx=None, ckpt=None):
+    x = x.detach().clone().requires_grad_()
+    with ctx or torch.autocast("cpu", enabled=False):
+        out = _run(model, x) if ckpt is None else checkpoint(_run, model, x, use_reentrant=ckpt)
+    (out.float() * g).sum().backward()
+    return out.detach().float(), x.grad
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "autocast", "checkpoint", "checkpoint-reentrant"])
+@pytest.mark.parametrize("name,make,shape", LAYERS, ids=[row[0] for row in LAYERS])
+def test_layer_gradients_exact(name, make, shape, mode):
+    plain, lean = _pair(make)
+    assert "forward" in lean[0].__dict__ or keeps(lean[0]) is not None
+    torch.manual_seed(1)
+    x = torch.randn(shape)
+    for m in (plain, lean):
+        m.train(mode != "eval")
+    out_shape = plain(x).shape
+    g = torch.randn(out_shape)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "autocast" else None
+    ckpt = {"checkpoint": False, "checkpoint-reentrant": True}.get(mode)
+    want_out, want = _grads(plain, x, g, ctx, ckpt)
+    got_out, got = _grads(lean, x, g, ctx, ckpt)
+    # bit-identical but for BatchNorm, whose folded scale may round the last bit differently
+    torch.testing.assert_close(got_out, want_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,make,shape", LAYERS, ids=[row[0] for row in LAYERS])
+def test_layer_keeps_less_and_is_seen_by_saved_tensor_hooks(name, make, shape):
+    plain, lean = _pair(make)
+    x = torch.randn(shape, requires_grad=True) * 1.0
+    kept_plain = saved_bytes(plain, x).get("0", 0)
+    kept_lean = saved_bytes(lean, x).get("0", 0)
+    numel = x.numel()
+    if name.startswith(("conv", "bn", "avg", "adaptiveavg")):
+        assert kept_lean <= 4 * shape[1], (kept_lean, kept_plain)  # at most a per-channel scale
+    elif name.startswith(("relu", "leaky", "hardtanh")):
+        assert kept_lean == (numel + 7) // 8
+    elif name.startswith(("max", "adaptivemax")):
+        assert kept_lean == 4 * plain(x).numel()
+    else:  # norms: the input (shared with the caller) plus per-row statistics
+        assert kept_lean <= kept_plain
+    if not name.startswith(("layernorm", "groupnorm")):
+        assert kept_lean < kept_plain
+
+
+def test_channels_last_exact():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(5, 6, 3, padding=1), _bn(nn.BatchNorm2d, 6)(), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.GroupNorm(3, 6), nn.LeakyReLU(0.2), nn.AvgPool2d(2), Probe())
+    plain = freeze(copy.deepcopy(model), lean=False)
+    freeze(model, lean=True)
+    x = torch.randn(2, 5, 8, 8).to(memory_format=torch.channels_last)
+    g = torch.randn(2, 6, 2, 2)
+    torch.testing.assert_close(_grads(model, x, g)[1], _grads(plain, x, g)[1], rtol=1e-5, atol=1e-6)
+
+
+def test_conv_transpose_output_size_argument():
+    plain, lean = _pair(lambda: nn.ConvTranspose2d(4, 3, 3, stride=2))
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    want, got = (m[0](x, output_size=[12, 12]) for m in (plain, lean))
+    assert got.shape == want.shape == (2, 3, 12, 12)
+    g = torch.randn_like(want)
+    assert torch.equal(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
+
+
+@pytest.mark.parametrize("make,shape", [(lambda: nn.LayerNorm(6), (3, 5, 6)),
+                                        (lambda: nn.GroupNorm(2, 4), (3, 4, 5, 6))], ids=["layernorm", "groupnorm"])
+def test_norm_upcast_by_autocast_keeps_the_half_precision_input(monkeypatch, make, shape):
+    """CUDA autocast runs these norms in float32 on a half input; PyTorch then keeps the float32 copy."""
+    monkeypatch.setattr(norm, "_compute_dtype", lambda x, probe: torch.float32)
+    plain, lean = _pair(make)
+    x = torch.randn(shape, dtype=torch.bfloat16, requires_grad=True) * 1.0
+    g = torch.randn(shape)
+    want_out = plain[0](x.float())  # what autocast does: cast, then the float32 op
+    got_out = lean[0](x)
+    assert got_out.dtype == torch.float32
+    want, got = (torch.autograd.grad(out, x, g)[0] for out in (want_out, got_out))
+    assert torch.equal(got_out, want_out) and torch.equal(got, want) and got.dtype == torch.bfloat16
+    upcast = nn.Sequential(plain[0], Probe())
+    upcast[0].forward = lambda t: type(plain[0]).forward(plain[0], t.float())
+    assert saved_bytes(lean, x)["0"] < saved_bytes(upcast, x)["0"]
+
+
+def test_bit_packing_without_the_little_endian_shortcut(monkeypatch):
+    mask = torch.rand(3, 5, 7) > 0.5
+    fast, order = _bits.pack(mask.clone())
+    monkeypatch.setattr(_bits, "_LITTLE_ENDIAN", False)
+    slow, _ = _bits.pack(mask.clone())
+    assert torch.equal(fast, slow)
+    assert torch.equal(_bits.gate(fast, order, mask.shape, 1, 0, torch.int32), mask.int())
+
+
+def test_relu_gate_matches_pytorch_on_nan_and_zero_gradients():
+    x = torch.tensor([-1.0, 0.0, -0.0, 2.0, float("nan"), 3.0, -4.0, 5.0, 6.0], requires_grad=True)
+    g = torch.tensor([1.0, 2.0, 3.0, float("nan"), 5.0, float("inf"), float("nan"), -0.0, 7.0])
+    for layer in (nn.ReLU(), nn.ReLU6(), nn.LeakyReLU(0.3)):
+        plain, lean = _pair(lambda: layer)
+        want = torch.autograd.grad(plain[0](x * 1.0), x, g)[0]
+        got = torch.autograd.grad(lean[0](x * 1.0), x, g)[0]
+        assert torch.equal(got.isnan(), want.isnan())
+        assert torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+def _first_layer_trainable(model_fn, first: str):
+    torch.manual_seed(0)
+    model = model_fn()
+    spec = ["*", f"!{first}"]
+    return freeze(copy.deepcopy(model), spec, lean=False), freeze(model, spec, lean=True)
+
+
+@pytest.mark.parametrize("model_fn,first", [(seed_cnn, "0"), (tiny_resnet, "conv1"), (small_cnn, "features.0")])
+def test_models_first_layer_gradients_exact_and_memory(model_fn, first):
+    plain, lean = _first_layer_trainable(model_fn, first)
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    for m in (plain, lean):
+        m.train()
+        torch.manual_seed(2)  # the same dropout masks in both
+        F.cross_entropy(m(x), y).backward()
+    for (name, p), q in zip(plain.named_parameters(), lean.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6)
+    assert sum(saved_bytes(lean, x).values()) * 3 <= sum(saved_bytes(plain, x).values())
+
+
+@pytest.mark.parametrize("mode", ["autocast", "checkpoint", "checkpoint-reentrant", "eval"])
+def test_seed_cnn_exact_under_autocast_checkpoint_and_eval(mode):
+    plain, lean = _first_layer_trainable(seed_cnn, "0")
+    x = torch.randn(4, 3, 16, 16)
+    grads = []
+    for m in (plain, lean):
+        m.train(mode != "eval")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "autocast"):
+            h = m[1](m[0](x))
+            if mode.startswith("checkpoint"):  # the frozen region recomputed in backward
+                out = checkpoint(m[2:], h, use_reentrant=mode.endswith("reentrant"))
+            else:
+                out = m[2:](h)
+        out.float().square().mean().backward()
+        grads.append(m[0].weight.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_compile_matches_eager():
+    plain, lean = _first_layer_trainable(seed_cnn, "0")
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    F.cross_entropy(plain(x), y).backward()
+    compiled = torch.compile(lean, backend="aot_eager", fullgraph=True)
+    F.cross_entropy(compiled(x), y).backward()
+    torch.testing.assert_close(lean[0].weight.grad, plain[0].weight.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_minilm_trainable_embeddings_frozen_layers(minilm):
+    frozen = ["encoder", "pooler", "embeddings.word_embeddings"]  # the 30522-row table only slows the test down
+    plain = freeze(copy.deepcopy(minilm), frozen, lean=False)
+    lean = freeze(minilm, frozen, lean=True)
+    assert keeps(lean.encoder.layer[0].output.LayerNorm).startswith("the input")
+    ids = torch.randint(1000, 2000, (2, 12))
+    for m in (plain, lean):
+        m.train()
+        torch.manual_seed(2)  # the same dropout masks in both
+        m(ids).last_hidden_state.square().mean().backward()
+    for (name, p), q in zip(plain.named_parameters(), lean.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert sum(saved_bytes(lean, ids).values()) <= sum(saved_bytes(plain, ids).values())
+
+
+def test_nothing_trainable_upstream_keeps_nothing():
+    model = freeze(seed_cnn(), ["*", "!7"], lean=True)  # only the head trains; its input is the frozen output
+    assert saved_bytes(model, torch.randn(2, 3, 8, 8)).keys() <= {"7"}
+
+
+def test_unfreeze_restores_plain_forward_and_state_dict_keys():
+    model = seed_cnn()
+    keys = list(model.state_dict())
+    freeze(model, ["*", "!0"], lean=True)
+    lean_modules = [m for m in model.modules() if "forward" in m.__dict__]
+    # convs, BNs and ReLUs of the blocks, the ReLU after the first conv, and the pool
+    assert len(lean_modules) == 6 + 6 + 6 + 1 + 1
+    assert list(model.state_dict()) == keys and type(model[2][0]) is nn.Conv2d
+    unfreeze(model)
+    assert not any("forward" in m.__dict__ or "_frostline_lean" in m.__dict__ for m in model.modules())
+    assert keeps(model[2][0]) is None
+
+
+def test_deepcopy_and_pickle_keep_lean_working():
+    _, lean = _first_layer_trainable(seed_cnn, "0")
+    x = torch.randn(2, 3, 8, 8)
+    for clone in (copy.deepcopy(lean), pickle.loads(pickle.dumps(lean))):
+        assert clone[2][0].forward.args[0] is clone[2][0]  # bound to the copy, not the original
+        assert saved_bytes(clone, x) == saved_bytes(lean, x)
+
+
+def test_lean_choice_per_freeze_call_and_default():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3))
+    freeze(model, "1", lean=False)
+    freeze(model, "2", lean=True)
+    assert keeps(model[1]) is None and keeps(model[2]) is not None
+    freeze(model, "0")  # lean=None: the others keep their choice; the newly frozen one gets the default
+    assert keeps(model[1]) is None and (keeps(model[0]) is not None) == frostline.lean.DEFAULT
+    with pytest.raises(FreezeError, match="lean"):
+        freeze(model, "0", lean="yes")
+
+
+def test_unfrozen_by_hand_falls_back_to_exact_plain_forward():
+    torch.manual_seed(0)
+    model = freeze(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), lean=True)
+    model[0].weight.requires_grad_(True)  # behind frostline's back
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    model(x).sum().backward()
+    assert model[0].weight.grad is not None
+
+
+def test_not_covered_modules_are_left_alone():
+    class MyConv(nn.Conv2d):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    custom = nn.Conv2d(3, 3, 1)
+    custom.forward = lambda x: x  # someone else's instance forward
+    model = freeze(nn.Sequential(MyConv(3, 3, 1), custom, nn.Conv2d(3, 3, 1)), lean=True)
+    assert "forward" not in model[0].__dict__ and model[1].forward(1) == 1 and keeps(model[2]) is not None
+    model[2].__dict__["_frostline_partial"] = {"weight": object()}  # a partial freeze takes the module over
+    frostline.lean.refresh(model, None)
+    assert "forward" not in model[2].__dict__ and keeps(model[2]) is None
+
+
+def test_meta_device_runs_without_host_syncs():
+    _, lean = _first_layer_trainable(seed_cnn, "0")
+    lean.to("meta")
+    x = torch.randn(4, 3, 16, 16, device="meta")
+    lean(x).sum().backward()
+    assert lean[0].weight.grad.device.type == "meta"

@@ -1,0 +1,418 @@
+"""Partial freezing: the seed scenario, the API's semantics, validation, checkpoints, copies, dtype and compile."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import frostline
+from frostline import FreezeError
+from frostline._state import named_logical_parameters
+from frostline.partial import STRATEGIES, get_partial
+from frostline.summary import optimizer_state_bytes
+
+STRATS = ["mask", "delta", "split"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a busy machine its spin-waits cost 10x the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _snap(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _check(model, name, before):
+    """Frozen elements bit-identical, and some trainable element moved."""
+    mask = get_partial(model, name).frozen_mask()
+    now = model.state_dict()[name]
+    assert torch.equal(now[mask], before[name][mask]), f"frozen elements of {name} changed"
+    assert not torch.equal(now[~mask], before[name][~mask]), f"no trainable element of {name} moved"
+
+
+def _trainable(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _steps(model, opt, x, y, n=3, loss_fn=F.cross_entropy):
+    for _ in range(n):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+
+def _cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 10, 3, padding=1), nn.BatchNorm2d(10), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                         nn.Flatten(), nn.Linear(40, 5))
+
+
+def _tokens():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Embedding(30, 6, padding_idx=0), nn.Flatten(), nn.Linear(18, 4))
+
+
+CNN_BATCH = (torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(1)),
+             torch.randint(0, 5, (8,), generator=torch.Generator().manual_seed(2)))
+IDS = torch.randint(0, 30, (8, 3), generator=torch.Generator().manual_seed(3))
+IDS_Y = torch.randint(0, 4, (8,), generator=torch.Generator().manual_seed(4))
+
+
+# -- the seed: ten filters, five trained, the rest unchanged ------------------------------------------------------
+@pytest.mark.parametrize("strategy", ["auto", *STRATS])
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1),
+    lambda ps: torch.optim.AdamW(ps, lr=0.05, weight_decay=0.1)], ids=["sgd-momentum-wd", "adamw"])
+def test_seed_five_of_ten_filters_stay_unchanged(strategy, make_opt):
+    model = _cnn()
+    frostline.freeze(model, "0.weight", rows=[0, 2, 4, 6, 8], strategy=strategy)
+    assert frostline.is_frozen(model, "0.weight") == "partial"
+    before = _snap(model)
+    _steps(model, make_opt(_trainable(model)), *CNN_BATCH, n=5)
+    _check(model, "0.weight", before)
+    assert model[0].weight is dict(model.named_parameters())["0.weight"]
+
+
+# -- API semantics --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rows", [[0, 2], range(0, 3, 2), torch.tensor([0, 2]), (-10, 2)])
+def test_rows_accept_lists_ranges_tensors_and_negative_indices(rows):
+    model = _cnn()
+    frostline.freeze(model, "0.weight", rows=rows)
+    expected = torch.zeros(10, dtype=torch.bool)
+    expected[[0, 2]] = True
+    assert torch.equal(get_partial(model, "0.weight").frozen_mask()[:, 0, 0, 0], expected)
+
+
+def test_calls_combine_and_unfreeze_clears():
+    model = _cnn()
+    frostline.freeze(model, "0.weight", rows=[0, 1])
+    frostline.freeze(model, "0.weight", rows=[1, 5])
+    rows = lambda: get_partial(model, "0.weight").frozen_mask()[:, 0, 0, 0].nonzero().flatten().tolist()  # noqa
+    assert rows() == [0, 1, 5]
+    frostline.unfreeze(model, "0.weight", rows=[1])
+    assert rows() == [0, 5]
+    mask = torch.zeros(10, 3, 3, 3, dtype=torch.bool)
+    mask[3, 0, 0, 0] = True
+    frostline.freeze(model, "0.weight", mask=mask)
+    frozen = get_partial(model, "0.weight").frozen_mask()
+    assert frozen[3, 0, 0, 0] and not frozen[3, 1, 0, 0] and frozen[0].all() and int(frozen.sum()) == 2 * 27 + 1
+
+
+@pytest.mark.parametrize("strategy", STRATS)
+def test_all_unfrozen_turns_back_into_the_original_parameter(strategy):
+    model = _cnn()
+    original = model[0].weight
+    frostline.freeze(model, "0.weight", rows=[1, 3], strategy=strategy)
+    opt = torch.optim.SGD(_trainable(model), lr=0.1)
+    _steps(model, opt, *CNN_BATCH, n=1)
+    effective = model.state_dict()["0.weight"].clone()
+    frostline.unfreeze(model, "0.weight", rows=[1, 3])
+    assert model[0].weight is original and original.requires_grad and get_partial(model, "0.weight") is None
+    assert torch.equal(original, effective)
+    assert set(model.state_dict()) == set(_cnn().state_dict())
+    assert "forward" not in model[0].__dict__ and "_frostline_partial" not in model[0].__dict__
+    assert not model[0]._forward_pre_hooks and not model[0]._state_dict_hooks
+    assert not (original._post_accumulate_grad_hooks or {})
+
+
+def test_all_frozen_becomes_whole_frozen_and_back():
+    model = _cnn()
+    frostline.freeze(model, "0.weight", rows=range(5))
+    frostline.freeze(model, "0.weight", rows=range(5, 10))
+    assert frostline.is_frozen(model, "0.weight") is True and model[0].weight.grad is None
+    frostline.freeze(model, "0.weight", rows=[1])  # rows of a whole-frozen tensor: nothing to do
+    assert frostline.is_frozen(model, "0.weight") is True
+    frostline.unfreeze(model, "0.weight", rows=[4])
+    assert frostline.is_frozen(model, "0.weight") == "partial"
+    assert get_partial(model, "0.weight").frozen_mask()[:, 0, 0, 0].tolist() == [True] * 4 + [False] + [True] * 5
+    frostline.unfreeze(model, "0.weight")
+    assert frostline.is_frozen(model, "0.weight") is False
+
+
+def test_unfreeze_rows_of_trainable_tensor_is_a_no_op_and_freeze_whole_clears_partial():
+    model = _cnn()
+    frostline.unfreeze(model, "0.weight", rows=[0])
+    assert get_partial(model, "0.weight") is None and model[0].weight.requires_grad
+    frostline.freeze(model, "0.weight", rows=[0])
+    frostline.freeze(model, "0.weight")
+    assert frostline.is_frozen(model, "0.weight") is True and "_frostline_partial" not in model[0].__dict__
+
+
+def test_module_spec_applies_rows_to_weight_and_bias():
+    model = _cnn()
+    frostline.freeze(model, "0", rows=[0, 9])
+    assert frostline.is_frozen(model, "0.weight") == "partial" == frostline.is_frozen(model, "0.bias")
+    assert get_partial(model, "0.bias").frozen_mask().tolist() == [True] + [False] * 8 + [True]
+
+
+def test_auto_choices_and_summary_shows_them():
+    model = nn.ModuleDict({"emb": nn.Embedding(20, 4), "lin": nn.Linear(8, 8), "conv": nn.Conv2d(2, 4, 3),
+                           "cols": nn.Linear(8, 8), "dense": nn.Linear(8, 8)})
+    frostline.freeze(model, "emb.weight", rows=[1, 2])
+    frostline.freeze(model, "lin.weight", rows=[1, 2])
+    frostline.freeze(model, "conv.weight", rows=[0])
+    frostline.freeze(model, "cols.weight", rows=range(1, 8), dim=1)  # 1 of 8 columns trains
+    frostline.freeze(model, "dense.weight", rows=[0], dim=1)  # 7 of 8 columns train
+    chosen = {n: get_partial(model, f"{n}.weight").strategy for n in model}
+    assert chosen == {"emb": "delta", "lin": "split", "conv": "split", "cols": "delta", "dense": "mask"}
+    table = str(frostline.summary(model))
+    assert "weight (split)" in table and "weight (delta)" in table and "weight (mask)" in table
+    frostline.freeze(model, "lin.weight", mask=torch.eye(8, dtype=torch.bool))  # split cannot serve a mask
+    assert get_partial(model, "lin.weight").strategy == "mask"
+    frostline.freeze(model, "emb.weight", rows=[3])  # a partial tensor keeps its strategy
+    assert get_partial(model, "emb.weight").strategy == "delta"
+
+
+def test_tied_parameters_use_mask_and_stay_tied(tied_lm):
+    frostline.freeze(tied_lm, "embed.weight", rows=range(5, 20))
+    assert get_partial(tied_lm, "embed.weight").strategy == "mask"
+    assert frostline.is_frozen(tied_lm, "out.weight") == "partial"
+    assert tied_lm.out.weight is tied_lm.embed.weight
+    before = _snap(tied_lm)
+    opt = torch.optim.Adam(_trainable(tied_lm), lr=0.1)
+    ids = torch.randint(0, 20, (4, 5))
+    _steps(tied_lm, opt, ids, None, loss_fn=lambda out, _: out.logsumexp(-1).mean())
+    _check(tied_lm, "embed.weight", before)
+    with pytest.raises(FreezeError, match="tied"):
+        frostline.freeze(tied_lm, "embed.weight", rows=[6], strategy="delta")
+
+
+def test_internal_storage_is_hidden_from_selection_but_reaches_optimizers():
+    model = _tokens()
+    frostline.freeze(model, "0.weight", rows=range(25), strategy="delta")
+    names = [n for n, _ in named_logical_parameters(model)]
+    assert names == ["0.weight", "2.weight", "2.bias"] == frostline.select(model)
+    internal = get_partial(model, "0.weight").trainable_parameters()[0]
+    assert any(p is internal for p in _trainable(model)) and not model[0].weight.requires_grad
+    assert internal.shape == (5, 6)
+
+
+# -- validation -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, match", [
+    ({"rows": [10]}, r"0\.\.9"),
+    ({"rows": [0], "dim": 4}, r"dim must be an int in \[-4, 3\]"),
+    ({"rows": [3], "dim": 1}, r"rows must lie in 0\.\.2"),
+    ({"mask": torch.zeros(10, 3, dtype=torch.bool)}, r"shape \(10, 3, 3, 3\)"),
+    ({"mask": torch.zeros(10, 3, 3, 3)}, "bool tensor"),
+    ({"rows": [0.5]}, "ints"),
+    ({"rows": torch.tensor([True, False])}, "integer tensor"),
+    ({"rows": [0], "mask": torch.zeros(10, 3, 3, 3, dtype=torch.bool)}, "not both"),
+    ({"mask": torch.zeros(10, 3, 3, 3, dtype=torch.bool), "dim": 1}, "dim= applies to rows="),
+    ({"rows": [0], "strategy": "sparse"}, "unknown strategy"),
+    ({"rows": [0], "dim": 1, "strategy": "split"}, "along dim 0"),
+    ({"mask": torch.rand(10, 3, 3, 3) > 0.5, "strategy": "split"}, "along dim 0"),
+])
+def test_bad_requests_say_what_was_expected(kwargs, match):
+    with pytest.raises(FreezeError, match=match):
+        frostline.freeze(_cnn(), "0.weight", **kwargs)
+
+
+def test_targets_and_layouts_a_strategy_cannot_serve():
+    with pytest.raises(FreezeError, match="buffer"):
+        frostline.freeze(_cnn(), "1.running_mean", rows=[0])
+    with pytest.raises(FreezeError, match="serves the weight of nn.Linear"):
+        frostline.freeze(_tokens(), "0.weight", rows=[1], strategy="split")
+    with pytest.raises(FreezeError, match="groups=2"):
+        frostline.freeze(nn.Conv2d(4, 4, 3, groups=2), "weight", rows=[1], strategy="split")
+    with pytest.raises(FreezeError, match="sparse"):
+        frostline.freeze(nn.Embedding(5, 2, sparse=True), "weight", rows=[1], strategy="mask")
+    with pytest.raises(FreezeError, match="max_norm"):
+        frostline.freeze(nn.Embedding(5, 2, max_norm=1.0), "weight", rows=[1])
+    with pytest.raises(FreezeError, match="0-d"):
+        frostline.freeze(nn.ParameterDict({"s": nn.Parameter(torch.ones(()))}), "s", rows=[0])
+
+
+def test_foreign_instance_forward_leaves_only_mask():
+    model = _tokens()
+    model[2].forward = lambda x: x  # someone else's
+    with pytest.raises(FreezeError, match="forward set on the instance"):
+        frostline.freeze(model, "2.weight", rows=[0], strategy="delta")
+    frostline.freeze(model, "2.weight", rows=[0])
+    assert get_partial(model, "2.weight").strategy == "mask"
+
+
+# -- state_dict, copies, devices, dtypes ----------------------------------------------------------------------------
+@pytest.mark.parametrize("strategy", STRATS)
+def test_state_dict_keeps_keys_and_loads_both_ways(strategy):
+    frozen, plain = _cnn(), _cnn()
+    frostline.freeze(frozen, "5.weight", rows=[0, 2], strategy=strategy)
+    _steps(frozen, torch.optim.AdamW(_trainable(frozen), lr=0.1), *CNN_BATCH, n=2)
+    sd = frozen.state_dict()
+    assert list(sd) == list(plain.state_dict()) and sd["5.weight"].shape == (5, 40)
+    plain.load_state_dict(sd)
+    assert torch.equal(plain(CNN_BATCH[0]), frozen(CNN_BATCH[0]))
+    torch.manual_seed(5)
+    other = _cnn()
+    with torch.no_grad():
+        other[5].weight.normal_()
+    frozen.load_state_dict(other.state_dict())  # strict, into the frozen model: the frozen values change too
+    assert torch.equal(frozen.state_dict()["5.weight"], other[5].weight)
+    assert torch.equal(frozen(CNN_BATCH[0]), other(CNN_BATCH[0]))
+    before = _snap(frozen)  # and training after the load keeps the *loaded* frozen values
+    _steps(frozen, torch.optim.AdamW(_trainable(frozen), lr=0.1), *CNN_BATCH, n=2)
+    _check(frozen, "5.weight", before)
+
+
+@pytest.mark.parametrize("strategy", STRATS)
+@pytest.mark.parametrize("clone", [copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))], ids=["deepcopy", "pickle"])
+def test_copies_train_exactly(strategy, clone):
+    model = _cnn()
+    frostline.freeze(model, "0.weight", rows=[1, 4], strategy=strategy)
+    twin = clone(model)
+    before = _snap(twin)
+    opt = torch.optim.SGD(_trainable(twin), lr=0.5, momentum=0.9, weight_decay=0.1)
+    twin.zero_grad()
+    F.cross_entropy(twin(CNN_BATCH[0]), CNN_BATCH[1]).backward()
+    if strategy == "mask":  # the grad hook came along: frozen rows get no gradient
+        assert twin[0].weight.grad[[1, 4]].abs().sum() == 0 and twin[0].weight.grad.abs().sum() > 0
+    opt.step()
+    _steps(twin, opt, *CNN_BATCH, n=2)
+    _check(twin, "0.weight", before)
+    assert torch.equal(model.state_dict()["0.weight"], before["0.weight"])  # the original is untouched
+
+
+@pytest.mark.parametrize("strategy", STRATS)
+def test_to_dtype_moves_everything_together(strategy):
+    model = _cnn()
+    frostline.freeze(model, "0.weight", rows=[1, 4], strategy=strategy)
+    model.to(torch.float64)
+    part = get_partial(model, "0.weight")
+    assert all(p.dtype == torch.float64 for p in part.trainable_parameters())
+    assert all(model[0]._buffers[n].dtype in (torch.float64, torch.bool, torch.int64)
+               for n in part.internal_names() if n in model[0]._buffers)
+    before = _snap(model)
+    _steps(model, torch.optim.Adam(_trainable(model), lr=0.1), CNN_BATCH[0].double(), CNN_BATCH[1])
+    _check(model, "0.weight", before)
+
+
+def test_load_state_dict_assign_rebinds_the_strategy():
+    model = _cnn()
+    frostline.freeze(model, "0.weight", rows=[1, 4], strategy="mask")
+    model.load_state_dict({k: v.clone() for k, v in _cnn().state_dict().items()}, assign=True)
+    before = _snap(model)
+    _steps(model, torch.optim.AdamW(_trainable(model), lr=0.1, weight_decay=0.1), *CNN_BATCH)
+    _check(model, "0.weight", before)
+
+
+def test_delta_optimizer_state_is_the_trainable_fraction():
+    model = nn.Linear(256, 256, bias=False)
+    frozen = torch.rand(256, 256, generator=torch.Generator().manual_seed(0)) >= 0.01
+    frostline.freeze(model, "weight", mask=frozen, strategy="delta")
+    opt = torch.optim.AdamW(_trainable(model), lr=0.1)
+    model(torch.randn(2, 256)).sum().backward()
+    opt.step()
+    dense = 2 * 256 * 256 * 4  # exp_avg + exp_avg_sq
+    assert optimizer_state_bytes(opt) <= 0.03 * dense
+
+
+# -- the lean forwards, guard, compile -------------------------------------------------------------------------
+def test_unfreezing_rows_of_a_lean_module_takes_over_its_forward():
+    model = _cnn()
+    frostline.freeze(model, "0", lean=True)
+    assert isinstance(model[0].__dict__.get("forward"), functools.partial)
+    frostline.unfreeze(model, "0.weight", rows=[2, 3])
+    assert frostline.lean.keeps(model[0]) is None
+    before = _snap(model)
+    _steps(model, torch.optim.SGD(_trainable(model), lr=0.5, momentum=0.9), *CNN_BATCH)
+    _check(model, "0.weight", before)
+
+
+@pytest.mark.parametrize("strategy", STRATS)
+def test_guard_sees_partial_tensors(strategy):
+    model = _cnn()
+    frostline.freeze(model, "0.weight", rows=[1, 4], strategy=strategy)
+    opt = torch.optim.AdamW(_trainable(model), lr=0.1, weight_decay=0.5)
+    with frostline.guard(model) as snap:
+        _steps(model, opt, *CNN_BATCH)
+    assert "0.weight" in snap.names
+    with torch.no_grad():  # writing a frozen element behind frostline's back is caught
+        model[0].weight[1, 0, 0, 0] += 1
+    with pytest.raises(frostline.FrozenParameterChanged, match="0.weight"):
+        snap.verify(model)
+
+
+def test_compiled_model_trains_exactly_without_graph_breaks_or_recompiles():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = nn.Sequential(nn.Embedding(30, 4), nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+    frostline.freeze(model, "0.weight", rows=range(20))  # delta (embedding rows)
+    frostline.freeze(model, "2.weight", rows=[0, 5])  # split
+    frostline.freeze(model, "4.weight", mask=torch.eye(3, 8, dtype=torch.bool))  # mask
+    compiled = torch.compile(model, backend="aot_eager")
+    before = _snap(model)
+    opt = torch.optim.AdamW(_trainable(model), lr=0.1, weight_decay=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(compiled(IDS), IDS_Y % 3).backward()
+        opt.step()
+    for name in ("0.weight", "2.weight", "4.weight"):
+        _check(model, name, before)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    assert torch.allclose(compiled(IDS), model(IDS))
+
+
+# -- forward paths that must match the unfrozen module ------------------------------------------------------------
+@pytest.mark.parametrize("make, x", [
+    (lambda: nn.Conv1d(3, 6, 3, stride=2, padding=1), torch.randn(2, 3, 9)),
+    (lambda: nn.Conv2d(3, 6, 2, padding="same", dilation=2), torch.randn(2, 3, 7, 7)),
+    (lambda: nn.Conv2d(3, 6, 3, padding=1, padding_mode="reflect", bias=False), torch.randn(2, 3, 5, 5)),
+    (lambda: nn.Conv3d(2, 4, 2), torch.randn(1, 2, 4, 4, 4)),
+    (lambda: nn.Linear(5, 6), torch.randn(2, 3, 5)),
+    (lambda: nn.Embedding(9, 4, padding_idx=2, scale_grad_by_freq=True), torch.tensor([[1, 2, 2, 7], [7, 7, 0, 3]])),
+], ids=["conv1d", "conv2d-same", "conv2d-reflect", "conv3d", "linear-3d-input", "embedding-pad-freq"])
+@pytest.mark.parametrize("strategy", ["auto", "delta", "mask"])
+def test_gradients_match_the_unfrozen_module_on_trainable_elements(make, x, strategy):
+    torch.manual_seed(0)
+    module = make()
+    reference = copy.deepcopy(module)
+    frozen = torch.zeros(module.weight.shape[0], dtype=torch.bool)
+    frozen[[1, 2]] = True
+    frostline.freeze(module, "weight", rows=frozen.nonzero().flatten(), strategy=strategy)
+    needs_input_grad = x.is_floating_point()
+    x1, x2 = x.clone().requires_grad_(needs_input_grad), x.clone().requires_grad_(needs_input_grad)
+    out, ref = module(x1), reference(x2)
+    assert torch.equal(out, ref)
+    weights = torch.randn_like(ref)
+    (out * weights).sum().backward()
+    (ref * weights).sum().backward()
+    part = get_partial(module, "weight")
+    (trainable,) = part.trainable_parameters()
+    grad = trainable.grad if part.strategy != "mask" else trainable.grad[~frozen]
+    torch.testing.assert_close(grad, reference.weight.grad[~frozen], rtol=1e-5, atol=1e-6)
+    if needs_input_grad:
+        torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-6)
+    if getattr(module, "bias", None) is not None:
+        torch.testing.assert_close(module.bias.grad, reference.bias.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_registry_lists_one_class_per_strategy():
+    assert set(STRATEGIES) == {"mask", "delta", "split"}
+    assert {cls.strategy for cls in STRATEGIES.values()} == set(STRATEGIES)
+
+
+@pytest.mark.parametrize("strategy", STRATS)
+def test_a_parameter_put_in_place_is_adopted_with_its_values(strategy):
+    model = _cnn()
+    frostline.freeze(model, "0.weight", rows=[1, 4], strategy=strategy)
+    replacement = nn.Parameter(torch.randn(10, 3, 3, 3))
+    model[0].weight = replacement
+    out = model[0](CNN_BATCH[0])  # the check before forward adopts it
+    assert torch.equal(out, F.conv2d(CNN_BATCH[0], replacement, model[0].bias, padding=1))
+    before = _snap(model)
+    assert torch.equal(before["0.weight"], replacement.detach())
+    _steps(model, torch.optim.AdamW(_trainable(model), lr=0.1, weight_decay=0.1), *CNN_BATCH)
+    _check(model, "0.weight", before)
+    assert model[0].weight is replacement

@@ -9,14 +9,16 @@ Case minilm: the pretrained all-MiniLM-L6-v2 with trainable embeddings and the s
 ``lean=True``. Memory kept for backward is measured two ways that must agree:
 
 1. saved: unique storages seen by ``torch.autograd.graph.saved_tensors_hooks`` during one forward, excluding
-   the model's parameters and buffers (``frostline.lean.saved_bytes``);
+   the model's parameters and buffers, which are resident anyway (``frostline.lean.saved_bytes``; the JSON also
+   has the count with them);
 2. rss: resident memory retained by the graph in a fresh subprocess whose allocator returns freed blocks
    (``MALLOC_MMAP_THRESHOLD_=65536``): RSS with the graph alive after forward minus RSS before the input batch
    was made (median of 3 subprocesses).
 
 Step time (zero_grad, forward, loss, backward, optimizer step): each round times both methods back to back,
-alternating which goes first (median of the round's steps); the ratio lean / plain is taken per round and the
-median over rounds reported, for wall time and, beside it, process CPU time.
+rotating which goes first (median of the round's steps); the ratio lean / plain is taken per round and the
+median over rounds reported, for wall time and, beside it, process CPU time. A second plain model is timed
+the same way: control / plain is the machine's noise floor.
 
     python benchmarks/lean.py [--rounds 7] [--steps 5] [--threads 2] [--case cnn --case minilm] [--quick]
 
@@ -109,25 +111,39 @@ def rss_in_fresh_process(case: str, method: str, quick: bool, threads: int, repe
     return int(statistics.median(values))
 
 
-def saved(case: str, method: str, quick: bool) -> tuple[int, dict[str, int]]:
+def saved(case: str, method: str, quick: bool) -> tuple[int, int, dict[str, int]]:
+    """Bytes kept for backward: new storages (the measure), all storages with parameters, and per module."""
     model, make_batch, loss_fn, _ = build(case, method, quick)
     batch = make_batch()
     per_module = frostline.lean.saved_bytes(model, batch[0])  # the model input (a label is for the loss)
-    return sum(per_module.values()), per_module
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(batch[0])
+    return sum(per_module.values()), sum(storages.values()), per_module
 
 
 def step_times(case: str, quick: bool, rounds: int, steps: int) -> dict[str, object]:
     """Interleaved rounds; per round the median step of each method; ratios per round, median over rounds.
 
-    Wall time is what counts. Process CPU time is reported beside it: on a shared machine a descheduled thread
-    stalls every parallel op, which inflates wall time in proportion to the number of ops, not their work.
+    A second, identical plain model ("control") is timed too: its ratio to plain is the noise floor of the
+    machine. Wall time is what counts; process CPU time is reported beside it, because on a shared machine a
+    descheduled thread stalls every parallel op (and its partner spins), which inflates both in proportion to
+    the number of ops rather than their work.
     """
-    setups = {m: build(case, m, quick) for m in METHODS}
+    setups = {"plain": build(case, "plain", quick), "lean": build(case, "lean", quick),
+              "control": build(case, "plain", quick)}
+    names = list(setups)
     batch = setups["plain"][1]()
-    wall = {m: [] for m in METHODS}
-    cpu = {m: [] for m in METHODS}
+    wall: dict[str, list[float]] = {m: [] for m in names}
+    cpu: dict[str, list[float]] = {m: [] for m in names}
+    load = os.getloadavg()[0]
     for r in range(rounds):
-        for method in METHODS if r % 2 == 0 else METHODS[::-1]:  # alternate who goes first
+        for method in names[r % 3:] + names[:r % 3]:  # rotate who goes first
             model, _, loss_fn, opt = setups[method]
             times, cpus = [], []
             for i in range(steps + 1):
@@ -140,11 +156,14 @@ def step_times(case: str, quick: bool, rounds: int, steps: int) -> dict[str, obj
                     cpus.append(time.process_time() - c)
             wall[method].append(statistics.median(times))
             cpu[method].append(statistics.median(cpus))
-    ratios = [lean / plain for lean, plain in zip(wall["lean"], wall["plain"])]
-    cpu_ratios = [lean / plain for lean, plain in zip(cpu["lean"], cpu["plain"])]
-    return {"ratio": statistics.median(ratios), "ratios": ratios, "cpu_ratio": statistics.median(cpu_ratios),
-            "cpu_ratios": cpu_ratios, "plain_s": statistics.median(wall["plain"]),
-            "lean_s": statistics.median(wall["lean"]), "load_avg": os.getloadavg()[0]}
+
+    def ratio(series: dict[str, list[float]], a: str) -> float:
+        return statistics.median(x / y for x, y in zip(series[a], series["plain"]))
+
+    return {"ratio": ratio(wall, "lean"), "cpu_ratio": ratio(cpu, "lean"), "control_ratio": ratio(wall, "control"),
+            "control_cpu_ratio": ratio(cpu, "control"), "wall_s": wall, "cpu_s": cpu,
+            "plain_s": statistics.median(wall["plain"]), "lean_s": statistics.median(wall["lean"]),
+            "load_avg_before_after": [load, os.getloadavg()[0]]}
 
 
 def check_exact(case: str, quick: bool) -> float:
@@ -179,17 +198,18 @@ def main() -> None:
         exact = check_exact(case, args.quick)
         report["cases"][case] = {
             "saved_bytes": {m: kept[m][0] for m in METHODS}, "rss_bytes": rss,
+            "saved_bytes_with_parameters": {m: kept[m][1] for m in METHODS},
             "saved_ratio": kept["lean"][0] / kept["plain"][0], "rss_ratio": rss["lean"] / rss["plain"],
             "step": timing, "max_rel_grad_diff": exact,
-            "lean_per_module": kept["lean"][1], "plain_per_module": kept["plain"][1]}
+            "lean_per_module": kept["lean"][2], "plain_per_module": kept["plain"][2]}
         c = report["cases"][case]
         rows.append([case, human_bytes(kept["plain"][0]), human_bytes(kept["lean"][0]), f"1/{1 / c['saved_ratio']:.1f}",
                      human_bytes(rss["plain"]), human_bytes(rss["lean"]), f"1/{1 / c['rss_ratio']:.1f}",
                      f"{timing['plain_s'] * 1e3:.0f} ms", f"{timing['lean_s'] * 1e3:.0f} ms", f"{timing['ratio']:.3f}",
-                     f"{timing['cpu_ratio']:.3f}", f"{exact:.1e}"])
+                     f"{timing['cpu_ratio']:.3f}", f"{timing['control_ratio']:.3f}", f"{exact:.1e}"])
         print(f"{case}: {rows[-1]}", flush=True)
     print(render(["case", "saved plain", "saved lean", "ratio", "rss plain", "rss lean", "ratio", "step plain",
-                  "step lean", "lean/plain", "CPU lean/plain", "grad rel diff"], rows))
+                  "step lean", "lean/plain", "CPU lean/plain", "control/plain", "grad rel diff"], rows))
     print(f"{args.threads} threads; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end")
     RESULTS.mkdir(exist_ok=True)
     variant = (f"-{args.threads}t" if args.threads != 2 else "") + ("-quick" if args.quick else "")

@@ -125,3 +125,28 @@ def test_whole_model_freeze_and_state_dict_keys_unchanged():
     freeze(model)
     assert list(model.state_dict()) == keys
     assert frozen_names(model) == [n for n, _ in model.named_parameters()]
+
+
+def test_frozen_bert_is_deterministic_in_train_mode(minilm):
+    """BertSelfAttention applies dropout under its own ``self.training``: a fully frozen block stays in eval."""
+    freeze(minilm, ["embeddings", "encoder.layer.[0-2]"])
+    minilm.train()
+    ids = torch.randint(1000, 2000, (2, 12))
+    with torch.no_grad():
+        first = minilm.encoder.layer[2](minilm.embeddings(input_ids=ids))[0]
+        second = minilm.encoder.layer[2](minilm.embeddings(input_ids=ids))[0]
+    assert torch.equal(first, second)
+    assert not minilm.encoder.layer[0].attention.self.training
+    assert minilm.encoder.layer[3].attention.self.training  # the trainable top keeps its dropout
+    unfreeze(minilm)
+    minilm.train()
+    assert all(m.training for m in minilm.modules())
+
+
+def test_unfreezing_a_fully_frozen_root_restores_its_mode():
+    model = small_cnn().train()
+    freeze(model)
+    model.train()
+    assert not any(m.training for m in model.modules())
+    unfreeze(model)
+    assert all(m.training for m in model.modules())

@@ -598,7 +598,7 @@ class FeatureCache:
     def __repr__(self) -> str:
         from ._table import human_bytes
 
-        where = f"'memory'" if self.store == "memory" else f"'disk', path={str(self.path)!r}"
+        where = "'memory'" if self.store == "memory" else f"'disk', path={str(self.path)!r}"
         return (f"FeatureCache(upto={self.upto!r}, store={where}, samples={len(self)}, "
                 f"{human_bytes(self.bytes_per_sample)}/sample, {human_bytes(self.nbytes)})")
 
@@ -683,7 +683,7 @@ class FeatureCache:
     def _disk_key(self, plan: _Plan) -> dict:
         """What a disk store's rows depend on, content included: compared when a process first traces."""
         named = [(n, t) for n, o, local, p in plan.tensors if (t := _lookup(o, local, p)) is not None]
-        digest = [self._hasher.content(t).cpu() for _, t in named]
+        digest = [self._hasher.content(t).to(named[0][1].device) for _, t in named]
         return {"upto": self.upto, "model": type(self.model).__qualname__,
                 "tensors": [[n, list(t.shape), str(t.dtype)] for n, t in named],
                 "content": torch.stack(digest).tolist() if digest else []}  # one sync, once per process

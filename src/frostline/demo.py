@@ -45,7 +45,7 @@ from .summary import optimizer_state_bytes, summary
 if TYPE_CHECKING:
     from .cache import FeatureCache
 
-__all__ = ["run", "DemoReport", "DemoRow", "load_sentences", "load_encoder", "TextClassifier"]
+__all__ = ["run", "DemoReport", "DemoRow", "Sentences", "load_sentences", "load_encoder", "TextClassifier", "pool"]
 
 VARIANTS = ("full fine-tuning", "embeddings + layers 0-3 frozen", "encoder frozen + feature cache")
 FROZEN_PREFIX = ["backbone.embeddings", "backbone.encoder.layer.[0-3]"]
@@ -142,6 +142,10 @@ class DemoRow:
         return self.step_seconds / reference.step_seconds
 
 
+def _ratio(ratio: float) -> str:
+    return f"{ratio:.3f}" if ratio >= 0.01 else f"{ratio:.2g}"  # a cached step is thousands of times faster
+
+
 def _share(part: int, total: int) -> str:
     pct = 100 * part / total
     return f"{human_count(part)} ({pct:.1f}%)" if pct >= 0.1 else f"{human_count(part)} ({pct:.3f}%)"
@@ -160,7 +164,7 @@ class DemoReport:
         full = self.rows[0]
         headers = ["run", "trainable params", "step time vs full", "train time", "optimizer state",
                    "held-out accuracy", "frozen bit-identical"]
-        body = [[r.variant, _share(r.trainable, r.total), f"{r.step_ratio(full):.3f}",
+        body = [[r.variant, _share(r.trainable, r.total), _ratio(r.step_ratio(full)),
                  f"{r.train_seconds:.1f}s", human_bytes(r.optimizer_state_bytes), f"{100 * r.accuracy:.1f}%",
                  "-" if r.frozen_identical is None else str(r.frozen_identical)] for r in self.rows]
         lines = [render(headers, body, title=self.setting), f"step time: {self.step_rule}, measured in this run; "

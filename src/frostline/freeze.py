@@ -29,6 +29,7 @@ __all__ = ["freeze", "unfreeze", "is_frozen", "frozen_names"]
 
 Strategy = Literal["auto", "delta", "split", "mask"]
 _KEEP_EVAL = "_frostline_keep_eval"
+_WAS_TRAINING = "_frostline_was_training"  # mode before freezing, restored on the root when it is unfrozen
 _STATS_NORMS = (nn.modules.batchnorm._NormBase,)  # BatchNorm*, SyncBatchNorm, InstanceNorm*
 _DROPOUTS = (nn.modules.dropout._DropoutNd,)
 
@@ -178,18 +179,26 @@ def _freeze_whole(model: nn.Module, name: str) -> None:
     param.grad = None
 
 
-def _region(model: nn.Module) -> dict[str, list[Tensor]]:
-    """For each eval candidate (stats norm or dropout): the logical parameters whose frozenness decides it."""
+def _region(model: nn.Module, every_module: bool = False) -> dict[str, list[Tensor]]:
+    """For each eval candidate: the logical parameters whose frozenness decides it.
+
+    Candidates are running-statistics norms and dropouts (what ``audit`` checks), or with ``every_module`` every
+    module: a module with parameters is decided by all parameters beneath it, so a fully frozen block that calls
+    ``F.dropout`` under its own ``self.training`` (BERT's self-attention) keeps inference behaviour too. A module
+    without parameters is decided by its parent's.
+    """
     logical = list(named_logical_parameters(model, remove_duplicate=False))
     out: dict[str, list[Tensor]] = {}
     for module_name, module in model.named_modules():
-        if not isinstance(module, _STATS_NORMS + _DROPOUTS):
-            continue
-        if isinstance(module, _STATS_NORMS) and not module.track_running_stats:
-            continue
-        own = [t for n, t in logical if n.rpartition(".")[0] == module_name]
-        if own:
-            out[module_name] = own
+        if not every_module:
+            if not isinstance(module, _STATS_NORMS + _DROPOUTS):
+                continue
+            if isinstance(module, _STATS_NORMS) and not module.track_running_stats:
+                continue
+        prefix = f"{module_name}." if module_name else ""
+        beneath = [t for n, t in logical if n.startswith(prefix)]
+        if beneath:
+            out[module_name] = beneath
             continue
         parent = module_name.rpartition(".")[0]
         prefix = f"{parent}." if parent else ""
@@ -197,8 +206,9 @@ def _region(model: nn.Module) -> dict[str, list[Tensor]]:
     return out
 
 
-def _fully_frozen(model: nn.Module, tensors: list[Tensor]) -> bool:
-    names = {id(t): n for n, t in named_logical_parameters(model, remove_duplicate=False)}
+def _fully_frozen(model: nn.Module, tensors: list[Tensor], names: dict[int, str] | None = None) -> bool:
+    if names is None:
+        names = {id(t): n for n, t in named_logical_parameters(model, remove_duplicate=False)}
     return bool(tensors) and all(not t.requires_grad and get_partial(model, names[id(t)]) is None for t in tensors)
 
 
@@ -214,23 +224,25 @@ def _keep_eval_train(module: nn.Module, mode: bool = True) -> nn.Module:
 
 def _mark_eval(model: nn.Module, selected: set[str]) -> None:
     names = {id(t): n for n, t in named_logical_parameters(model, remove_duplicate=False)}
-    for module_name, tensors in _region(model).items():
-        if not _fully_frozen(model, tensors) or not any(names[id(t)] in selected for t in tensors):
+    for module_name, tensors in _region(model, every_module=True).items():
+        if not _fully_frozen(model, tensors, names) or not any(names[id(t)] in selected for t in tensors):
             continue
         module = model.get_submodule(module_name)
         module.__dict__["train"] = functools.partial(_keep_eval_train, module)
         module.__dict__[_KEEP_EVAL] = True
+        module.__dict__.setdefault(_WAS_TRAINING, module.training)
         module.training = False
 
 
 def _unmark_eval(model: nn.Module) -> None:
-    regions = _region(model)
-    for module_name, module in model.named_modules():
-        if not module.__dict__.get(_KEEP_EVAL) or _fully_frozen(model, regions.get(module_name, [])):
+    regions = _region(model, every_module=True)
+    names = {id(t): n for n, t in named_logical_parameters(model, remove_duplicate=False)}
+    for module_name, module in model.named_modules():  # parents first, so each follows its restored parent
+        if not module.__dict__.get(_KEEP_EVAL) or _fully_frozen(model, regions.get(module_name, []), names):
             continue
         del module.__dict__["train"], module.__dict__[_KEEP_EVAL]
-        parent = model.get_submodule(module_name.rpartition(".")[0])
-        module.train(parent.training)
+        was_training = module.__dict__.pop(_WAS_TRAINING, True)
+        module.train(model.get_submodule(module_name.rpartition(".")[0]).training if module_name else was_training)
 
 
 def _refresh_lean(model: nn.Module, lean: bool | None) -> None:

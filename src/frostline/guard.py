@@ -155,7 +155,7 @@ class Snapshot:
         For a partially frozen tensor, copy mode compares the elements that were frozen at snapshot time; hash
         mode compares the elements frozen now, and reports a change when that set differs from the recorded one.
         """
-        params = dict(named_logical_parameters(model, remove_duplicate=False))
+        params = {name: _local(t) for name, t in named_logical_parameters(model, remove_duplicate=False)}
         buffers = dict(model.named_buffers(remove_duplicate=False))
         found: dict[str, Change] = {}
         weights = _Weights()
@@ -237,11 +237,17 @@ def _message(changes: list[Change]) -> str:
     return f"{head}; {hint}:\n" + render(["tensor", "changed", "of", "largest |difference|"], rows)
 
 
+def _local(tensor: Tensor) -> Tensor:
+    """This rank's shard of an FSDP2 (DTensor) parameter; any other tensor as it is."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 def _records(model: nn.Module) -> dict[str, tuple[Literal["param", "buffer"], Tensor, Tensor | None]]:
     """What a snapshot records: (kind, tensor, frozen mask or None) by name, in model order."""
     out: dict[str, tuple[Literal["param", "buffer"], Tensor, Tensor | None]] = {}
     frozen_below: dict[str, bool] = {}  # module name -> every logical parameter beneath it is fully frozen
     for name, tensor in named_logical_parameters(model):
+        tensor = _local(tensor)
         partial = get_partial(model, name)
         whole = partial is None and not tensor.requires_grad
         if partial is not None:

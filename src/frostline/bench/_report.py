@@ -69,6 +69,7 @@ def plot(results: list["CaseResult"], path: Path) -> None:
     matplotlib.use("Agg")  # files only: no display on CI machines
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     heights = [max(len(r.rows), 1) for r in results]
     fig, axes = plt.subplots(len(results), 1, figsize=(9, 1.4 + 0.36 * sum(heights)), squeeze=False,
@@ -82,6 +83,9 @@ def plot(results: list["CaseResult"], path: Path) -> None:
         ax.set_yticks(range(len(rows)), [f"{r.method} ({r.by})" for r in rows], fontsize=8)
         ax.invert_yaxis()
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.5, not 5x10^-1
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.axvline(1.0, color="black", linewidth=0.8)
         for i, ratio in enumerate(ratios):
             ax.text(ratio, i, f" {ratio:.3g} ", va="center", ha="left" if ratio >= 1 else "right", fontsize=7)

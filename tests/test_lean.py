@@ -298,6 +298,18 @@ def test_lean_choice_per_freeze_call_and_default():
         freeze(model, "0", lean="yes")
 
 
+def test_batchnorm_scale_follows_changed_statistics():
+    plain, lean = _pair(_bn(nn.BatchNorm2d, 4))
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    g = torch.randn(2, 4, 3, 3)
+    for _ in range(2):
+        want, got = (torch.autograd.grad(m[0](x), x, g)[0] for m in (plain, lean))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        for m in (plain, lean):  # e.g. statistics re-estimated between steps
+            m[0].running_var.mul_(3.0)
+            m[0].weight.data.mul_(-0.5)
+
+
 def test_unfrozen_by_hand_falls_back_to_exact_plain_forward():
     torch.manual_seed(0)
     model = freeze(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), lean=True)

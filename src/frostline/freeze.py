@@ -29,7 +29,7 @@ __all__ = ["freeze", "unfreeze", "is_frozen", "frozen_names"]
 
 Strategy = Literal["auto", "delta", "split", "mask"]
 _KEEP_EVAL = "_frostline_keep_eval"
-_WAS_TRAINING = "_frostline_was_training"  # mode before freezing, restored on the root when it is unfrozen
+_WAS_TRAINING = "_frostline_was_training"  # mode before freezing, restored when the module is unfrozen
 _STATS_NORMS = (nn.modules.batchnorm._NormBase,)  # BatchNorm*, SyncBatchNorm, InstanceNorm*
 _DROPOUTS = (nn.modules.dropout._DropoutNd,)
 
@@ -237,12 +237,13 @@ def _mark_eval(model: nn.Module, selected: set[str]) -> None:
 def _unmark_eval(model: nn.Module) -> None:
     regions = _region(model, every_module=True)
     names = {id(t): n for n, t in named_logical_parameters(model, remove_duplicate=False)}
-    for module_name, module in model.named_modules():  # parents first, so each follows its restored parent
+    for module_name, module in model.named_modules():
         if not module.__dict__.get(_KEEP_EVAL) or _fully_frozen(model, regions.get(module_name, []), names):
             continue
         del module.__dict__["train"], module.__dict__[_KEEP_EVAL]
-        was_training = module.__dict__.pop(_WAS_TRAINING, True)
-        module.train(model.get_submodule(module_name.rpartition(".")[0]).training if module_name else was_training)
+        # The mode it had when frozen, not its parent's: frameworks (Lightning) unfreeze while the root is in
+        # eval and do not call .train() recursively afterwards.
+        module.train(module.__dict__.pop(_WAS_TRAINING, True))
 
 
 def _refresh_lean(model: nn.Module, lean: bool | None) -> None:

@@ -9,7 +9,7 @@ the least their exact input gradient needs:
 module (fully frozen)                           keeps for backward
 =============================================  ==============================================================
 Conv1d/2d/3d, ConvTranspose1d/2d/3d             the weight (a parameter, resident anyway), not the input
-BatchNorm in frozen eval form                   a per-channel scale (C values)
+BatchNorm in frozen eval form                   nothing new (its scale is running_var and weight)
 LayerNorm, GroupNorm                            the input as it arrived (never an autocast copy), mean, rstd
 ReLU, ReLU6/Hardtanh, LeakyReLU                 one bit per element
 MaxPool / AdaptiveMaxPool                       int32 argmax indices
@@ -34,8 +34,8 @@ exact and never slower, see ``benchmarks/lean.py``); ``unfreeze`` restores the p
 >>> frostline.lean.keeps(model[2])
 'the weight (a parameter, already resident); not the input'
 >>> x = torch.randn(4, 3, 16, 16)
->>> frostline.lean.saved_bytes(model, x)   # the trainable conv's input; bits; a BatchNorm scale; bits
-{'0': 12288, '1': 784, '3': 32, '4': 576}
+>>> frostline.lean.saved_bytes(model, x)   # the trainable conv's input, then two ReLUs' bits
+{'0': 12288, '1': 784, '4': 576}
 """
 
 from __future__ import annotations

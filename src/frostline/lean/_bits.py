@@ -63,9 +63,11 @@ def gate(packed: Tensor, order: tuple[int, ...] | None, shape: torch.Size, on_se
     table = build(on_set, on_clear, dtype, packed.device)
     flat = torch.index_select(table, 0, packed.int()).view(-1)
     numel = shape.numel()
+    if flat.numel() != numel:  # the padding bits of the last byte
+        flat = flat[:numel]
     if order is None:
-        return flat[:numel].view(shape)
-    permuted = flat[:numel].view([shape[d] for d in order])
+        return flat.view(shape)
+    permuted = flat.view([shape[d] for d in order])
     return permuted.permute([order.index(d) for d in range(len(order))])
 
 

@@ -26,6 +26,16 @@ def wants_lean(module: nn.Module, x: object) -> bool:
             and frozen(module))
 
 
+def cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` without a dispatcher trip when it is one already (backward is full of such no-op casts)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def opmath(dtype: torch.dtype) -> torch.dtype:
+    """The precision PyTorch's CPU/CUDA kernels compute half types in."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def plain(module: nn.Module, *args, **kwargs):
     """The module's own (class) forward."""
     return type(module).forward(module, *args, **kwargs)

@@ -84,7 +84,25 @@ def _eligible(modules: list[nn.Module]) -> list[bool]:
 
 
 def refresh(model: nn.Module, lean: bool | None) -> None:
-    """Re-decide which modules run lean after the frozen set changed; ``lean`` sets newly eligible modules."""
+    """Re-decide which modules run lean after the frozen set changed (``freeze``/``unfreeze`` call this).
+
+    Args:
+        model (nn.Module): the model.
+        lean (bool | None): the choice for modules that became eligible since the last call; None gives them
+            :data:`DEFAULT`. Modules already eligible keep their choice; modules no longer eligible lose the lean
+            forward and their choice.
+
+    Raises:
+        FreezeError: ``lean`` is not True, False or None.
+
+    Example:
+        >>> import torch.nn as nn, frostline
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        >>> _ = model.requires_grad_(False)     # frozen by hand, behind frostline's back
+        >>> frostline.lean.refresh(model, True)
+        >>> "forward" in model[0].__dict__, "forward" in model[1].__dict__
+        (True, True)
+    """
     if lean is not None and not isinstance(lean, bool):
         raise FreezeError(f"lean must be True, False or None (frostline's default), not {lean!r}")
     modules = [m for _, m in model.named_modules()]
@@ -107,7 +125,16 @@ def refresh(model: nn.Module, lean: bool | None) -> None:
 
 
 def keeps(module: nn.Module) -> str | None:
-    """What ``module`` keeps for backward in its lean form, or None when it does not run lean."""
+    """What ``module`` keeps for backward in its lean form, or None when it does not run lean.
+
+    Example:
+        >>> import torch.nn as nn, frostline
+        >>> model = frostline.freeze(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), lean=True)
+        >>> frostline.lean.keeps(model[1])
+        'a 1-bit mask per element; not the input or output'
+        >>> frostline.lean.keeps(frostline.unfreeze(model)[1]) is None
+        True
+    """
     found = cover(module)
     if found is None or not module.__dict__.get(CHOICE):
         return None

@@ -22,7 +22,7 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
 from . import _bits
-from ._common import plain, wants_lean
+from ._common import cast, opmath, plain, wants_lean
 
 
 def _zero_bits(x: Tensor, low: float | None, high: float | None) -> Tensor:
@@ -57,9 +57,8 @@ class _Gate(Function):
     def backward(ctx, grad: Tensor):
         (packed,) = ctx.saved_tensors
         if ctx.kind == "leaky":
-            acc = torch.promote_types(grad.dtype, torch.float32)
-            factor = _bits.gate(packed, ctx.layout, ctx.shape, 1.0, ctx.slope, acc)
-            return (grad * factor).to(grad.dtype), None, None, None, None
+            factor = _bits.gate(packed, ctx.layout, ctx.shape, 1.0, ctx.slope, opmath(grad.dtype))
+            return cast(grad * factor, grad.dtype), None, None, None, None
         as_int = _bits.INT_OF[grad.element_size()]
         mask = _bits.gate(packed, ctx.layout, ctx.shape, 0, -1, as_int)  # -1: every bit set
         return mask.bitwise_and_(grad.view(as_int)).view(grad.dtype), None, None, None, None

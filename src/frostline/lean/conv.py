@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from ._common import is_channels_last, no_autocast, plain, shape_only, wants_lean
+from ._common import cast, is_channels_last, no_autocast, plain, shape_only, wants_lean
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _TRANSPOSED = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -39,7 +39,7 @@ class _Conv(Function):
     def backward(ctx, grad: Tensor):
         (weight,) = ctx.saved_tensors
         nd, transposed, stride, padding, dilation, groups, _ = ctx.geometry
-        w = weight.to(grad.dtype)
+        w = cast(weight, grad.dtype)
         with no_autocast(grad):
             if transposed:
                 gx = _CONV[nd](grad, w, None, stride, padding, dilation, groups)
@@ -49,7 +49,7 @@ class _Conv(Function):
                 extra = [n + 2 * p - ((m - 1) * s + d * (k - 1) + 1)
                          for n, m, k, s, p, d in zip(size_in, size_out, kernel, stride, padding, dilation)]
                 gx = _TRANSPOSED[nd](grad, w, None, stride, padding, extra, groups, dilation)
-        return gx.to(ctx.in_dtype), None, None, None
+        return cast(gx, ctx.in_dtype), None, None, None
 
 
 class _Pad(Function):
@@ -66,7 +66,7 @@ class _Pad(Function):
         shape, dtype, channels_last, pads, mode = ctx.spec
         kind = "reflection" if mode == "reflect" else "replication"
         fn = getattr(torch.ops.aten, f"{kind}_pad{len(pads) // 2}d_backward")
-        return fn(grad, shape_only(shape, grad, channels_last), pads).to(dtype), None, None
+        return cast(fn(grad, shape_only(shape, grad, channels_last), pads), dtype), None, None
 
 
 def _padded(module: nn.modules.conv._ConvNd, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:

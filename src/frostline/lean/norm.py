@@ -1,8 +1,9 @@
 """Frozen normalisation layers.
 
 BatchNorm in frozen eval form (running statistics, affine frozen) is a per-channel affine map, so its input
-gradient is the output gradient times ``weight / sqrt(running_var + eps)``: it keeps that C-element scale and
-nothing else (PyTorch keeps the whole input).
+gradient is the output gradient times the scale ``weight / sqrt(running_var + eps)``. It keeps what that scale is
+made of, the running variance and the weight, which are resident anyway, so nothing new (PyTorch keeps the whole
+input); backward folds them into the C-element scale.
 
 LayerNorm and GroupNorm normalise with statistics of the sample itself, so the exact input gradient needs the
 normalised input of every element; the least that gives it is the input as it arrived plus the per-row mean and
@@ -23,28 +24,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd import Function
 
-from ._common import memory_format, no_autocast, plain, wants_lean
+from ._common import cast, memory_format, no_autocast, opmath, plain, wants_lean
 
 
 class _BatchNormEval(Function):
     @staticmethod
     def forward(ctx, x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None,
                 eps: float) -> Tensor:
-        y = F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
-        # 1/sqrt(var + eps) rounded as PyTorch's eval-mode kernel rounds it (in double, stored in float32 or
-        # wider). That kernel then multiplies by invstd and by the weight in two passes; folding them into one
-        # scale costs one pass less and may differ in the last bit.
-        acc = torch.promote_types(var.dtype, torch.float32)
-        scale = (var.double() + eps).sqrt().reciprocal().to(acc)
-        if weight is not None:
-            scale = weight.to(acc) * scale
-        ctx.save_for_backward(scale.view([1, -1] + [1] * (x.dim() - 2)))
-        return y
+        ctx.save_for_backward(var, weight)  # a buffer and a parameter: resident anyway, nothing new is kept
+        ctx.eps, ctx.dims = eps, x.dim()
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (scale,) = ctx.saved_tensors
-        return (grad * scale).to(grad.dtype), None, None, None, None, None
+        var, weight = ctx.saved_tensors
+        # 1/sqrt(var + eps) rounded as PyTorch's eval-mode kernel rounds it (in double, stored in float32 or wider);
+        # that kernel multiplies by it and by the weight in two passes, one fold here may differ in the last bit
+        acc = opmath(var.dtype)
+        scale = cast(torch.rsqrt(var.double() + ctx.eps), acc)
+        if weight is not None:
+            scale = cast(weight, acc) * scale
+        return cast(grad * scale.view([1, -1] + [1] * (ctx.dims - 2)), grad.dtype), None, None, None, None, None
 
 
 def batchnorm_forward(module: nn.modules.batchnorm._BatchNorm, *args, **kwargs) -> Tensor:
@@ -69,7 +69,7 @@ class _LayerNorm(Function):
     def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, shape: tuple[int, ...], eps: float,
                 dtype: torch.dtype) -> Tensor:
         with no_autocast(x):
-            y, mean, rstd = torch.native_layer_norm(x.to(dtype), shape, weight, bias, eps)
+            y, mean, rstd = torch.native_layer_norm(cast(x, dtype), shape, weight, bias, eps)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         ctx.shape, ctx.dtype = shape, dtype
         return y
@@ -77,9 +77,9 @@ class _LayerNorm(Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight, bias, mean, rstd = ctx.saved_tensors
-        gx = torch.ops.aten.native_layer_norm_backward(grad, x.to(ctx.dtype), ctx.shape, mean, rstd, weight, bias,
+        gx = torch.ops.aten.native_layer_norm_backward(grad, cast(x, ctx.dtype), ctx.shape, mean, rstd, weight, bias,
                                                        [True, False, False])[0]
-        return gx.to(x.dtype), None, None, None, None, None
+        return cast(gx, x.dtype), None, None, None, None, None
 
 
 def layernorm_forward(module: nn.LayerNorm, *args, **kwargs) -> Tensor:
@@ -102,7 +102,7 @@ class _GroupNorm(Function):
         # PyTorch's group_norm hands its kernel a tensor dense in the input's own layout; so do we
         kept = x.contiguous(memory_format=memory_format(x)) if x.device.type == "cpu" else x.contiguous()
         with no_autocast(x):
-            y, mean, rstd = torch.native_group_norm(kept.to(dtype), weight, bias, n, c, hw, groups, eps)
+            y, mean, rstd = torch.native_group_norm(cast(kept, dtype), weight, bias, n, c, hw, groups, eps)
         ctx.save_for_backward(kept, weight, mean, rstd)
         ctx.sizes, ctx.dtype = (n, c, hw, groups), dtype
         return y
@@ -111,10 +111,10 @@ class _GroupNorm(Function):
     def backward(ctx, grad: Tensor):
         x, weight, mean, rstd = ctx.saved_tensors
         n, c, hw, groups = ctx.sizes
-        xc = x.to(ctx.dtype)
+        xc = cast(x, ctx.dtype)
         gx = torch.ops.aten.native_group_norm_backward(grad.contiguous(memory_format=memory_format(xc)), xc,
                                                        mean, rstd, weight, n, c, hw, groups, [True, False, False])[0]
-        return gx.to(x.dtype), None, None, None, None, None
+        return cast(gx, x.dtype), None, None, None, None, None
 
 
 def groupnorm_forward(module: nn.GroupNorm, *args, **kwargs) -> Tensor:
@@ -130,9 +130,10 @@ def groupnorm_forward(module: nn.GroupNorm, *args, **kwargs) -> Tensor:
     return _GroupNorm.apply(x, module.weight, module.bias, groups, eps, dtype)
 
 
+_BN_KEEPS = "nothing new: its per-channel scale, from the resident running variance and weight; not the input"
 COVERS = [
-    (nn.modules.batchnorm._BatchNorm, batchnorm_forward, "a per-channel scale (C values); not the input"),
-    (nn.SyncBatchNorm, batchnorm_forward, "a per-channel scale (C values); not the input"),
+    (nn.modules.batchnorm._BatchNorm, batchnorm_forward, _BN_KEEPS),
+    (nn.SyncBatchNorm, batchnorm_forward, _BN_KEEPS),
     (nn.LayerNorm, layernorm_forward, "the input as it arrived (never an autocast copy) and per-row mean/rstd"),
     (nn.GroupNorm, groupnorm_forward, "the input as it arrived (never an autocast copy) and per-group mean/rstd"),
 ]

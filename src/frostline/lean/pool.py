@@ -17,7 +17,7 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _ntuple
 
-from ._common import is_channels_last, plain, shape_only, wants_lean
+from ._common import cast, is_channels_last, plain, shape_only, wants_lean
 
 _MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AMAX = {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}
@@ -79,7 +79,7 @@ class _Pool(Function):
         kind, nd, params, shape, dtype, channels_last = ctx.spec
         idx = ctx.saved_tensors[0].long() if kind in ("max", "adaptive_max") else None
         gx = _backward(kind, nd, params, grad, shape_only(shape, grad, channels_last), idx)
-        return gx.to(dtype), None, None, None
+        return cast(gx, dtype), None, None, None
 
 
 def _params(module: nn.Module, kind: str, nd: int) -> tuple:

@@ -2,7 +2,7 @@
 
 When a frozen region sits downstream of something trainable (a new first layer, say), gradients must flow back
 through it, and PyTorch keeps, for every frozen layer, activations only a *weight* gradient would need. With
-``freeze(model, spec, lean=True)`` (the default) the fully frozen modules run through autograd functions that keep
+``freeze(model, spec, lean=True)`` the fully frozen modules run through autograd functions that keep
 the least their exact input gradient needs:
 
 =============================================  ==============================================================
@@ -25,8 +25,9 @@ and only when autograd records the call: a frozen region with nothing trainable 
 A parameter-free module (ReLU, pooling) runs lean when the next module with parameters is fully frozen, so the
 ReLU beside a trainable first layer drops its output too. Modules not listed keep PyTorch's behaviour.
 
-``lean=None`` keeps each module's current choice, and gives newly frozen modules the default (True: measured
-exact and never slower, see ``benchmarks/lean.py``); ``unfreeze`` restores the plain forward.
+``lean=None`` keeps each module's current choice, and gives newly frozen modules the default (False for now:
+lean is measured exact, and keeps 1/25 of the memory on the seed CNN, but its step time was 1.35x of plain
+freezing in ``benchmarks/lean.py``, above the 1.05x bar for a default); ``unfreeze`` restores the plain forward.
 
 >>> import torch, torch.nn as nn, frostline
 >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU())

@@ -24,7 +24,10 @@ shared machine). A second plain model is timed the same way: control / plain is 
 
 (rounds x steps interleaved rounds are timed.)
 
-Prints a table and writes benchmarks/results/lean.json (lean-<variant>.json for other threads, --quick or one case).
+Prints a table and writes benchmarks/results/lean.json (lean-<variant>.json for other threads, --quick, one case
+or an OMP_WAIT_POLICY). On a shared machine also run it with OMP_WAIT_POLICY=PASSIVE: when the cores are
+oversubscribed, busy-waiting OpenMP threads make every kernel launch cost a scheduler slice, so step time then
+measures the number of ops more than their work.
 """
 
 from __future__ import annotations
@@ -190,7 +193,9 @@ def main() -> None:
     if args.child:
         return child(*args.child, args.quick, args.threads)
     torch.set_num_threads(args.threads)
-    rows, report = [], {"torch": torch.__version__, "threads": args.threads, "quick": args.quick, "cases": {}}
+    omp = os.environ.get("OMP_WAIT_POLICY", "")
+    rows, report = [], {"torch": torch.__version__, "threads": args.threads, "quick": args.quick,
+                        "OMP_WAIT_POLICY": omp or "(unset: busy-wait)", "cases": {}}
     for case in args.case or ["cnn", "minilm"]:
         kept = {m: saved(case, m, args.quick) for m in METHODS}
         rss = {m: rss_in_fresh_process(case, m, args.quick, args.threads) for m in METHODS}
@@ -212,9 +217,11 @@ def main() -> None:
     print(render(["case", "saved plain", "saved lean", "ratio", "rss plain", "rss lean", "ratio", "step plain",
                   "step lean", "lean/plain", "CPU lean/plain", "best lean/plain", "control/plain", "grad rel diff"],
                  rows))
-    print(f"{args.threads} threads; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end")
+    print(f"{args.threads} threads, OMP_WAIT_POLICY={report['OMP_WAIT_POLICY']}; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end")
     RESULTS.mkdir(exist_ok=True)
     variant = (f"-{args.threads}t" if args.threads != 2 else "") + ("-quick" if args.quick else "")
+    variant += f"-omp-{omp.lower()}" if omp else ""
     variant += "".join(f"-{c}" for c in args.case or [])
     (RESULTS / f"lean{variant}.json").write_text(json.dumps(report, indent=2) + "\n")
 

@@ -126,7 +126,7 @@ def test_layer_keeps_less_and_is_seen_by_saved_tensor_hooks(name, make, shape):
     kept_lean = saved_bytes(lean, x).get("0", 0)
     numel = x.numel()
     if name.startswith(("conv", "bn", "avg", "adaptiveavg")):
-        assert kept_lean <= 4 * shape[1], (kept_lean, kept_plain)  # at most a per-channel scale
+        assert kept_lean == 0  # weights and statistics are resident; shapes are not tensors
     elif name.startswith(("relu", "leaky", "hardtanh")):
         assert kept_lean == (numel + 7) // 8
     elif name.startswith(("max", "adaptivemax")):

@@ -113,8 +113,9 @@ def _run_options(parser: argparse.ArgumentParser, quick_help: str) -> None:
 
 
 def add_demo(sub) -> None:
-    parser = sub.add_parser("demo", help="fine-tune the pretrained all-MiniLM-L6-v2 three ways (full, 4 layers "
-                                         "frozen, encoder frozen + feature cache) and show what freezing saves")
+    about = ("fine-tune the pretrained all-MiniLM-L6-v2 three ways (full, 4 layers frozen, encoder frozen + "
+             "feature cache) and show what freezing saves")
+    parser = sub.add_parser("demo", help=about, description=about)
     _run_options(parser, "a smoke run for CI: an eighth of the training data, one epoch, short sequences "
                          "(seconds)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 4; 1 with --quick)")
@@ -134,8 +135,9 @@ def add_demo(sub) -> None:
 
 
 def add_bench(sub) -> None:
-    parser = sub.add_parser("bench", help="frostline's freezing against hand-written methods: step time, "
-                                          "exactness, optimizer state, memory; writes JSON and PNG")
+    about = ("frostline's freezing against hand-written methods, side by side: step time, exactness, optimizer "
+             "state, memory; writes JSON and PNG")
+    parser = sub.add_parser("bench", help=about, description=about)
     _run_options(parser, "a smoke run for CI: one round of one step on small inputs (seconds; timings "
                          "meaningless)")
     parser.add_argument("--case", action="append", metavar="NAME",

@@ -28,7 +28,7 @@ from ._report import table, write
 __all__ = ["CASES", "CaseResult", "run", "table", "write"]
 
 CASES: dict[str, ModuleType] = {"filters": filters, "rows": rows, "prefix": prefix, "layers": layers}
-FULL = {"rounds": 5, "steps": 6, "warmup": 2}  # the anchors' settings
+FULL = {"rounds": 5, "steps": 6, "warmup": 2}  # the anchors' settings; a case may set its own SETTINGS
 QUICK = {"rounds": 1, "steps": 0, "warmup": 0}  # a smoke run: one (accounted) step per method, timings meaningless
 
 
@@ -59,10 +59,10 @@ def run(cases: list[str] | None = None, *, quick: bool = False, model_path: Path
     unknown = [n for n in names if n not in CASES]
     if unknown:
         raise FrostlineError(f"unknown case {unknown[0]!r}; the cases are: {', '.join(CASES)}")
-    settings = QUICK if quick else FULL
     results = []
     for name in names:
         module = CASES[name]
+        settings = QUICK if quick else getattr(module, "SETTINGS", FULL)
         setup, methods = module.methods(quick, model_path)
         bar = _bar(len(methods) * settings["rounds"], name, progress)
         try:

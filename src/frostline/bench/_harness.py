@@ -1,13 +1,16 @@
-"""How every benchmark case is measured: interleaved rounds, ratios to the unfrozen step, exactness, memory.
+"""How every benchmark case is measured: interleaved steps, ratios to the unfrozen step, exactness, memory.
 
-Timing: each round sets every method up on a fresh model, runs warm-up steps, then times ``steps`` training steps
-(forward, backward, optimizer step and whatever fix-up the method does after it). A method's ratio in a round is
-its median step time divided by the unfrozen baseline's median step in the same round; the reported ratio is the
-median over rounds. Interleaving the methods inside every round spreads the noise of a shared machine evenly.
+Timing: each round sets every method up on a fresh model and runs warm-up steps; then, ``steps`` times, every
+method runs one training step (forward, backward, optimizer step and whatever fix-up the method does after it)
+in turn, the unfrozen baseline first. A method's ratio in such a sweep is its step time divided by the baseline's
+step time of the same sweep, and the reported ratio is the median over all sweeps of all rounds. Steps that ran
+seconds apart share the machine's load, so the ratios hold up on a busy shared machine where whole-run timings
+do not.
 
 Exactness: the values a method promises to keep (its frozen region, read from ``state_dict`` so that partial
 strategies show their effective values) must be bit-identical (``torch.equal``) after every step of the first
-round. frostline's own methods must in addition pass ``frostline.guard``.
+round. frostline's own methods must in addition pass :func:`frostline.guard`'s check (its snapshot, verified at
+the end of the round).
 
 Memory ("step memory"): what one training step holds at its peak, counted on the tensors themselves, so it is
 the same on any device and free of allocator noise: parameters and buffers, gradients, optimizer state, tensors
@@ -18,7 +21,6 @@ and process RSS is too noisy on a shared machine to compare methods that differ 
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import statistics
 import time
@@ -29,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import FreezeError, FrozenParameterChanged
-from ..guard import guard
+from ..guard import snapshot
 from ..summary import optimizer_state_bytes
 
 
@@ -96,20 +98,35 @@ def measure(methods: list[Method], *, rounds: int, steps: int, warmup: int,
             tick: Callable[[], object] = lambda: None) -> list[Row]:
     """Run ``methods`` side by side (see the module docstring) and return one :class:`Row` each, in order.
 
-    ``tick`` is called after each method's turn in a round (a progress bar's ``update``).
+    With ``steps=0`` (a smoke run) the one step each method runs for the memory count is the one timed.
+    ``tick`` is called once per method and round (a progress bar's ``update``).
     """
     rows = [Row(m.name, m.by) for m in methods]
     times: list[list[float]] = [[] for _ in methods]
     for round_index in range(rounds):
-        base: float | None = None
-        for method, row, spent in zip(methods, rows, times):
-            median = _turn(method, row, first=round_index == 0, steps=steps, warmup=warmup)
+        first = round_index == 0
+        trials = [_setup(m, row) for m, row in zip(methods, rows)]
+        checks = [_Check(t, m.by == "frostline") if first and t else None for m, t in zip(methods, trials)]
+        for _ in range(warmup):
+            for trial in trials:
+                if trial is not None:
+                    trial.step()
+        sweeps = [[_timed(t.step) if t is not None else None for t in trials] for _ in range(steps)]
+        if first:
+            accounted = [_account(row, t) if t is not None else None for row, t in zip(rows, trials)]
+            sweeps = sweeps or [accounted]
+            for row, trial, check in zip(rows, trials, checks):
+                if check is not None:
+                    row.exact, row.note = check.passed(), trial.note()
+        for sweep in sweeps:
+            for row, spent, seconds in zip(rows, times, sweep):
+                if seconds is not None and sweep[0] is not None:
+                    spent.append(seconds)
+                    row.ratios.append(seconds / sweep[0])
+        for _ in trials:
             tick()
-            if median is None:
-                continue
-            spent.append(median)
-            base = median if base is None else base
-            row.ratios.append(median / base)
+        del trials, checks
+        gc.collect()  # free this round's models before the next round builds its own
     for row, spent in zip(rows, times):
         if spent:
             row.ratio = statistics.median(row.ratios)
@@ -117,44 +134,42 @@ def measure(methods: list[Method], *, rounds: int, steps: int, warmup: int,
     return rows
 
 
-def _turn(method: Method, row: Row, *, first: bool, steps: int, warmup: int) -> float | None:
-    """One method's turn in a round on a fresh model: its median step time (None when it cannot run).
-
-    In the first round it also fills in ``row``'s exactness, memory and note.
-    """
+def _setup(method: Method, row: Row) -> Trial | None:
+    """A fresh trial of ``method``, or None when it cannot run (the row's note says why)."""
     if row.note.startswith("n/a"):
         return None
     try:
-        trial = method.setup()
+        return method.setup()
     except FreezeError as exc:  # a strategy that cannot serve this layout says so; the row shows why
         row.note = f"n/a: {exc}"
         return None
-    before = [t.detach().clone() for t in trial.frozen()] if first and trial.frozen else None
-    checked = guard(trial.model) if first and method.by == "frostline" else contextlib.nullcontext()
-    try:
-        with checked:
-            for _ in range(warmup):
-                trial.step()
-            median = _timed(trial.step, steps) if steps else None
-            if first:
-                spent = _account(row, trial)
-                median = spent if median is None else median  # steps=0 (a smoke run): time the accounted step
-                row.exact = _still_equal(before, trial) if before is not None else None
-                row.note = trial.note()
-    except FrozenParameterChanged:  # frostline's guard saw a frozen value move
-        row.exact = False
-    del trial
-    gc.collect()
-    return median
 
 
-def _timed(step: Callable[[], object], steps: int) -> float:
-    samples = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+class _Check:
+    """Records a trial's frozen values (and, for frostline's methods, a ``guard`` snapshot) to compare later."""
+
+    def __init__(self, trial: Trial, guarded: bool):
+        self.trial = trial
+        self.before = [t.detach().clone() for t in trial.frozen()] if trial.frozen else None
+        self.snapshot = snapshot(trial.model) if guarded else None
+
+    def passed(self) -> bool | None:
+        """True when nothing frozen moved; None when the method freezes nothing."""
+        if self.before is None:
+            return None
+        exact = _still_equal(self.before, self.trial)
+        if self.snapshot is not None:
+            try:
+                self.snapshot.verify(self.trial.model)
+            except FrozenParameterChanged:
+                exact = False
+        return exact
+
+
+def _timed(step: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
 
 
 def _still_equal(before: list[Tensor], trial: Trial) -> bool:

@@ -19,6 +19,7 @@ from ._harness import Method, Trial, train_step
 from ._text import classifier, text_batch
 
 TITLE = "whole layers: all-MiniLM-L6-v2, embeddings + layers 0-3 frozen, or layers 0-5 under trainable embeddings"
+SETTINGS = {"rounds": 3, "steps": 5, "warmup": 1}  # a MiniLM step is ~10x a CNN step: fewer, same design
 FROZEN = ["backbone.embeddings", "backbone.encoder.layer.[0-3]"]
 PREFIXES = ("backbone.embeddings.", *(f"backbone.encoder.layer.{i}." for i in range(4)))
 MIDDLE = ("backbone.encoder.",)  # the second setting: every layer frozen, the embeddings below them train

@@ -22,6 +22,7 @@ from ._harness import Method, Trial, train_step
 from ._text import classifier, text_batch
 
 TITLE = "frozen prefix: all-MiniLM-L6-v2, linear probe and top-2 layers, with and without the feature cache"
+SETTINGS = {"rounds": 3, "steps": 5, "warmup": 1}  # a MiniLM step is ~10x a CNN step: fewer, same design
 TOP2_FROZEN = ["backbone.embeddings", "backbone.encoder.layer.[0-3]"]
 TOP2_PREFIXES = ("backbone.embeddings.", *(f"backbone.encoder.layer.{i}." for i in range(4)))
 

@@ -2,15 +2,16 @@
 
 Their input gradient is a gate, so a bit-packed mask (1/32 of a float32 activation) gives it exactly:
 
-- ReLU and Hardtanh zero the gradient where the bit is set. Backward expands the bits into an integer mask
-  (0 or all ones) and ANDs it into the gradient's bits: the same values as PyTorch's ``threshold_backward`` /
-  ``hardtanh_backward``, NaN gradients and signed zeros included, at the same speed.
+- ReLU and Hardtanh: backward expands the bits into an integer mask (all ones where the gate is open, 0 where
+  it is shut) and ANDs it into the gradient's bits: the same values as PyTorch's ``threshold_backward`` /
+  ``hardtanh_backward``, NaN gradients and signed zeros included, at about the same speed.
 - LeakyReLU multiplies the gradient by 1 or ``negative_slope``, looked up per element in the precision PyTorch
   computes in (float32 for half types), so ``grad * factor`` rounds exactly as ``leaky_relu_backward`` does.
 
-The bits follow PyTorch's own comparisons (``x <= 0`` for ReLU; ``x > 0`` for LeakyReLU), so a NaN input gates
-as PyTorch does. GELU, SiLU, Tanh and Sigmoid need no lean form: PyTorch already keeps only what their exact
-gradient needs (the input for GELU/SiLU, the output for Tanh/Sigmoid, which the next layer may hold anyway).
+The bits follow PyTorch's own tests (``result <= 0`` for ReLU, read off the output; ``x > 0`` for LeakyReLU;
+``x <= min or x >= max`` for Hardtanh), so a NaN input gates as PyTorch does. GELU, SiLU, Tanh and Sigmoid
+need no lean form: PyTorch already keeps only what their exact gradient needs (the input for GELU/SiLU, the
+output for Tanh/Sigmoid, which the next layer may hold anyway).
 """
 
 from __future__ import annotations
@@ -25,10 +26,8 @@ from . import _bits
 from ._common import cast, opmath, plain, wants_lean
 
 
-def _zero_bits(x: Tensor, low: float | None, high: float | None) -> Tensor:
-    """Where the gradient is zeroed: ``x <= low`` or ``x >= high`` (the comparisons PyTorch's backward makes)."""
-    if high is None:
-        return x.le(low)
+def _zero_bits(x: Tensor, low: float, high: float) -> Tensor:
+    """Where Hardtanh zeroes the gradient: ``x <= low`` or ``x >= high`` (the comparisons of its backward)."""
     return x.le(low).logical_or_(x.ge(high))
 
 
@@ -37,15 +36,15 @@ class _Gate(Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, kind: str, a: float, b: float | None, inplace: bool) -> Tensor:
-        bits = x.gt(0) if kind == "leaky" else _zero_bits(x, a, b)
-        packed, order = _bits.pack(bits)
-        del bits
-        if kind == "leaky":
-            y = F.leaky_relu(x, a, inplace)
-        elif kind == "relu":
+        if kind == "relu":
             y = F.relu(x, inplace)
+            # the gate is open where y != 0, as in threshold_backward (NaN passes, -0.0 does not), and
+            # float-to-bool is a conversion kernel, several times faster than a comparison
+            packed, order = _bits.pack(y.bool())
         else:
-            y = F.hardtanh(x, a, b, inplace)
+            bits = x.gt(0) if kind == "leaky" else _zero_bits(x, a, b)
+            packed, order = _bits.pack(bits)
+            y = F.leaky_relu(x, a, inplace) if kind == "leaky" else F.hardtanh(x, a, b, inplace)
         if inplace:
             ctx.mark_dirty(x)
         ctx.save_for_backward(packed)
@@ -60,7 +59,8 @@ class _Gate(Function):
             factor = _bits.gate(packed, ctx.layout, ctx.shape, 1.0, ctx.slope, opmath(grad.dtype))
             return cast(grad * factor, grad.dtype), None, None, None, None
         as_int = _bits.INT_OF[grad.element_size()]
-        mask = _bits.gate(packed, ctx.layout, ctx.shape, 0, -1, as_int)  # -1: every bit set
+        open_, shut = (-1, 0) if ctx.kind == "relu" else (0, -1)  # -1: every bit set, so AND keeps the gradient
+        mask = _bits.gate(packed, ctx.layout, ctx.shape, open_, shut, as_int)
         return mask.bitwise_and_(grad.view(as_int)).view(grad.dtype), None, None, None, None
 
 

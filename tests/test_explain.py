@@ -8,7 +8,7 @@ from torch import nn
 
 import frostline
 from frostline.cli import main
-from frostline.models import small_cnn
+from frostline.models import seed_cnn, small_cnn
 from frostline.summary import optimizer_state_bytes
 
 B, C, H = 2, 8, 12
@@ -145,3 +145,16 @@ def test_cli_explain(capsys, tmp_path):
     assert "encoder.layer.0.attention.self" in capsys.readouterr().out
     assert main(["explain", "small_cnn", "--batch", "0"]) == 2
     assert "--batch must be at least 1" in capsys.readouterr().err
+
+
+def test_explain_says_what_lean_layers_keep() -> None:
+    """Lean frozen modules: the table says what each keeps for backward, and their input is not among it."""
+    model = frostline.freeze(seed_cnn(), ["*", "!0"], lean=True)
+    e = frostline.explain(model, torch.randn(4, 3, 32, 32))
+    assert "1-bit mask" in e.kept["2.2"] and "weight" in e.kept["2.0"]
+    assert "0" not in e.kept  # the trainable conv runs as PyTorch's
+    assert e.row("2.0").activation_bytes == 0 and e.row("2.2").activation_bytes * 30 < e.unfrozen_row("2.2").activation_bytes
+    assert "lean: kept for backward" in str(e)
+    plain = frostline.explain(frostline.freeze(seed_cnn(), ["*", "!0"], lean=False), torch.randn(4, 3, 32, 32))
+    assert plain.kept == {} and "lean:" not in str(plain)
+    assert plain.total.activation_bytes > 10 * e.total.activation_bytes

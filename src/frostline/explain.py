@@ -92,6 +92,7 @@ class Explanation:
     rows: list[ModuleCost]
     unfrozen: list[ModuleCost]
     notes: list[str] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)  # module -> what its lean form keeps for backward
 
     @property
     def total(self) -> ModuleCost:
@@ -123,6 +124,10 @@ class Explanation:
                    human_bytes(t.activation_bytes), human_bytes(t.optimizer_state_bytes), ""]
                   for t in (self.total, self.unfrozen_total)]
         headers = ["module", "forward", "dgrad", "wgrad", "activations", "optimizer state", "removed by freezing"]
+        if self.kept:  # lean frozen modules: say what they keep instead of their input
+            headers.append("lean: kept for backward")
+            body = [line + [self.kept.get(r.name, "")] for line, r in zip(body, self.rows)]
+            footer = [line + [""] for line in footer]
         ratio = self.flop_ratio
         lines = [render(headers, body, footer=footer,
                         title="one training step, FLOPs and bytes measured (frozen as given vs nothing frozen)"),
@@ -365,7 +370,8 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: Callable[[Any], Ten
     Returns:
         Explanation: ``.rows`` (one :class:`ModuleCost` per module that ran ops or owns parameters, in the order
         they ran; ``"(model)"`` is the root's own ops, ``"(loss)"`` the loss function's), ``.unfrozen``, ``.total``,
-        ``.unfrozen_total``, ``.flop_ratio``; ``str()`` is a table.
+        ``.unfrozen_total``, ``.flop_ratio``, ``.kept`` (what each lean frozen module keeps for backward, see
+        :mod:`frostline.lean`); ``str()`` is a table.
 
     Raises:
         TypeError: ``loss_fn`` did not return a scalar tensor, or the output holds no floating-point tensor.
@@ -411,4 +417,7 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: Callable[[Any], Ten
             continue
         rows.append(now)
         unfrozen.append(full)
-    return Explanation(rows, unfrozen, notes)
+    from .lean import keeps
+
+    kept = {name: what for name, module in model.named_modules() if (what := keeps(module)) is not None}
+    return Explanation(rows, unfrozen, notes, kept)

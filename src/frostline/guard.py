@@ -162,14 +162,16 @@ class Snapshot:
         pending: list[tuple[str, _Record, Tensor]] = []
         for name, record in self._records.items():
             now = params.get(name) if record.kind == "param" else buffers.get(name)
+            partial = get_partial(model, name) if record.kind == "param" and now is not None else None
+            if partial is not None:
+                now = partial.full()  # the effective values (gathered, for a tensor sharded by FSDP2)
             if now is None:
                 found[name] = Change(name, None, record.count, None, f"the model has no {record.kind} {name} now")
             elif now.shape != record.shape or now.dtype != record.dtype:
                 found[name] = Change(name, None, record.count, None, f"{record.dtype} {tuple(record.shape)} "
                                                                       f"became {now.dtype} {tuple(now.shape)}")
             else:
-                partial = get_partial(model, name) if record.kind == "param" else None
-                current = (partial.full() if partial is not None else now).detach()
+                current = now.detach()
                 if record.mask is not None and self.mode == "hash":
                     mask = _frozen_mask(model, name, now)
                     if not torch.equal(_fingerprint(mask, weights), record.mask):

@@ -18,7 +18,10 @@ state. Whole-parameter (un)freezing after ``fully_shard`` works; call :func:`fro
 
 Partial freezing (``rows=``/``mask=``) adds or replaces Parameters that a wrapper would not know, so it must
 happen before wrapping; frostline refuses it afterwards. Every strategy works under DDP (replicas stay
-bit-identical); under FSDP2 partial freezing is not supported yet (:func:`audit_ranks` reports ``fsdp-partial``).
+bit-identical). Under FSDP2, ``delta`` and ``split`` shard their trainable storage like any Parameter (optimizer
+state for the trainable elements only) and follow the module's shards: the forward merges trainable values into
+the frozen base out of place, and ``state_dict``/``trainable_state_dict`` gather them (collectives). ``mask``
+cannot follow shards: :func:`frostline.optimizer` refuses it and :func:`audit_ranks` reports ``fsdp-partial``.
 
 Functions that talk to other ranks (:func:`ddp`, :func:`audit_ranks`, :func:`trainable_state_dict`) are
 collectives: call them on every rank, in the same order. A script run with ``torchrun --nproc_per_node=N``::

@@ -101,13 +101,14 @@ def trainable_state_dict(model: nn.Module, *, buffers: bool = True, rank: int = 
         dict[str, Tensor]: full tensors on ``rank``, in the key format of the one-process version.
 
     Raises:
-        DistributedFreezeError: a partially frozen tensor is sharded by FSDP2 (not supported).
+        DistributedFreezeError: a tensor partially frozen with 'mask' is sharded by FSDP2 (use 'delta').
     """
     from ..checkpoint import trainable_state_dict as local_state_dict
 
     sharded = _sharded_partials(model)
     if sharded:
-        raise DistributedFreezeError(f"partially frozen tensors under FSDP2 are not supported: {_brief(sharded)}")
+        raise DistributedFreezeError(f"strategy 'mask' cannot follow FSDP2's shards: {_brief(sharded)}; freeze them "
+                                     "with strategy='delta' (or 'split') before fully_shard")
     mine = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == rank
     out = {}
     for key, value in local_state_dict(model, buffers=buffers).items():

@@ -177,11 +177,9 @@ def _fsdp_partial(model: nn.Module) -> list[Finding]:
     if not sharded:
         return []
     return [Finding("fsdp-partial", "error", sharded,
-                    f"{len(sharded)} partially frozen tensors are sharded by fully_shard; the partial strategies "
-                    "keep references to the unsharded Parameters, so their trainable values are not written back "
-                    "(delta, split) or frozen elements are not restored (mask)",
-                    "freeze these tensors whole under FSDP2, or train with DistributedDataParallel, which supports "
-                    "every partial strategy")]
+                    f"{len(sharded)} tensors partially frozen with strategy 'mask' are sharded by fully_shard; "
+                    "'mask' restores frozen elements in place and cannot follow FSDP2's shards, so they would train",
+                    "freeze them with strategy='delta' (or 'split') before fully_shard; both follow FSDP2's shards")]
 
 
 def audit_ranks(model: nn.Module, group: dist.ProcessGroup | None = None) -> Findings:
@@ -190,8 +188,8 @@ def audit_ranks(model: nn.Module, group: dist.ProcessGroup | None = None) -> Fin
     Findings (``code``): ``ranks-disagree`` (ranks freeze different parameters or elements), ``replicas-differ``
     (a DDP-wrapped model whose parameters are no longer bit-identical across ranks), ``ddp-stale-buckets`` (the
     trainable set changed behind a live DDP wrapper's back, e.g. by setting ``requires_grad`` directly),
-    ``ddp-find-unused-parameters`` (info: frozen parameters never need it), ``fsdp-partial`` (a partially frozen
-    tensor sharded by FSDP2, which the strategies do not support yet). Per-rank checks stay with
+    ``ddp-find-unused-parameters`` (info: frozen parameters never need it), ``fsdp-partial`` (a tensor partially
+    frozen with 'mask' and sharded by FSDP2, which 'mask' cannot follow). Per-rank checks stay with
     :func:`frostline.audit` and :func:`frostline.guard`, run on each rank.
 
     Args:

@@ -145,8 +145,10 @@ def _wrappers_of(model: nn.Module) -> list[tuple[DistributedDataParallel, dict[i
 
 
 def _sharded_partials(model: nn.Module) -> list[str]:
-    """Partially frozen tensors whose Parameter FSDP2 replaced with a shard: their strategies do not follow."""
-    return [n for n, t in named_logical_parameters(model) if get_partial(model, n) is not None and _is_dtensor(t)]
+    """Tensors partially frozen with 'mask' whose Parameter FSDP2 replaced with a shard ('mask' cannot follow it;
+    'delta' and 'split' follow the module's shards)."""
+    return [n for n, t in named_logical_parameters(model)
+            if getattr(get_partial(model, n), "strategy", None) == "mask" and _is_dtensor(t)]
 
 
 def _require_process_group(what: str) -> None:

@@ -20,7 +20,7 @@ from ..errors import FreezeError
 from . import activation, conv, norm, pool
 
 CHOICE = "_frostline_lean"
-DEFAULT = False  # freeze(..., lean=None) on newly frozen modules; off until benchmarks/lean.py shows <= 1.05x step time
+DEFAULT = True  # freeze(..., lean=None) on newly frozen modules: exact, <= 1.05x step time (benchmarks/lean.py)
 
 _NATIVE: list[tuple[type, None, str]] = [  # PyTorch already keeps the least for these; recorded for explain
     (nn.Linear, None, "the weight only (PyTorch drops a frozen Linear's input)"),

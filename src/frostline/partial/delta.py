@@ -11,9 +11,17 @@ Forward uses the original Parameter through a view whose backward hands the trai
 trainable Parameter, so forward costs nothing extra. For an Embedding's token rows the backward never builds the
 table-sized gradient either: it accumulates the output gradient of the tokens whose rows train, into the trainable
 rows plus one sink row for every frozen token (no host sync, no data-dependent shapes).
+
+Under FSDP2 (``fully_shard`` after freezing) both Parameters are sharded, and during a forward the module holds
+FSDP's gathered copies instead. The strategy then follows the module's current tensors: forward merges the
+trainable values into the frozen base out of place (``index_copy``, so the gradient reaches the trainable shard and
+nothing else), the base is never written in the step path, and ``state_dict``/``full()`` gather what they need
+(collectives: every rank calls them, as FSDP2's own ``state_dict`` requires).
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +66,22 @@ class Delta(Strategy):
         self.param.requires_grad_(False)  # also for a Parameter someone put in our place
         self.trainable = self.module._parameters[self._name("trainable")]
 
+    def _current(self) -> tuple[Tensor, Tensor]:
+        return self.module._parameters[self.local], self.module._parameters[self._name("trainable")]
+
+    def follows_module(self) -> bool:
+        """True when something replaced both Parameters (FSDP2's shards, or its gathered copies in a forward).
+
+        A user replaces one tensor at a time and ``load_state_dict`` rebinds at once, so both replaced means a
+        wrapper owns the storage: use what the module holds now, never rebind to it.
+        """
+        params = self.module.__dict__.get("_parameters", {})  # absent while deepcopy rebuilds the module
+        return (params.get(self.local, self.param) is not self.param
+                and params.get(self._name("trainable"), self.trainable) is not self.trainable)
+
     def check(self) -> None:
+        if self.follows_module():
+            return  # no version bookkeeping and no collectives in the step path
         if self.module._parameters.get(self._name("trainable")) is not self.trainable:
             self._rebind()
         super().check()
@@ -72,16 +95,39 @@ class Delta(Strategy):
         return Layout(self.param.shape, frozen if self.dim is not None else frozen.view(self.param.shape), self.dim)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [self.trainable]
+        return [self._current()[1] if self.follows_module() else self.trainable]
+
+    def full(self) -> Tensor:
+        if not self.follows_module():
+            return super().full()
+        base, trainable = (_gathered(t.detach()) for t in self._current())
+        return _merged(base, trainable, self._get("index").to(base.device), self.dim)
 
     def after_step(self) -> None:
         self.sync(force=True)
 
     def sync(self, force: bool = False) -> None:
+        if self.follows_module():
+            if force:
+                self._sync_followed()
+            return
         if force or self.trainable._version != self._synced:
             with torch.no_grad():
                 _put(self.param, self.dim, self._get("index"), self.trainable.detach())
             self._synced = self.trainable._version
+
+    def _sync_followed(self) -> None:
+        """Write the trainable values into the module's base tensor; for a DTensor shard, only its own rows."""
+        base, trainable = self._current()
+        with torch.no_grad():
+            if not _is_dtensor(base):
+                _put(base, self.dim, self._get("index"), _gathered(trainable.detach()))
+                return
+            from torch.distributed.tensor import distribute_tensor
+
+            full = self.full()  # gathers base and trainable: a collective
+            mine = distribute_tensor(full, base.device_mesh, base.placements, src_data_rank=None)  # no comms
+            base.to_local().copy_(mine.to_local())
 
     def internal_values(self, full: Tensor) -> dict[str, Tensor]:
         return {self._name("trainable"): _take(full, self.dim, self._get("index").to(full.device))}
@@ -97,13 +143,34 @@ class Delta(Strategy):
 
     # -- forward ----------------------------------------------------------------------------------------------
     def forward_tensor(self) -> Tensor:
+        if self.follows_module():
+            base, trainable = self._current()
+            return _merged(base, trainable, self._get("index"), self.dim)
         return _Route.apply(self.param, self.trainable, self._get("index"), self.dim)
 
     def forward(self, module: nn.Embedding, ids: Tensor) -> Tensor:
+        if self.follows_module():
+            return F.embedding(ids, self.forward_tensor(), module.padding_idx, None, 2.0, module.scale_grad_by_freq)
         if not (torch.is_grad_enabled() and self.trainable.requires_grad):
             return F.embedding(ids, self.param, module.padding_idx, None, 2.0, module.scale_grad_by_freq)
         return _EmbeddingRows.apply(ids, self.param, self.trainable, self._get("remap"), self.padding_row,
                                     module.scale_grad_by_freq)
+
+
+def _merged(base: Tensor, trainable: Tensor, index: Tensor, dim: int | None) -> Tensor:
+    """The effective tensor, out of place: ``base`` with ``trainable`` at ``index`` (differentiable in both)."""
+    if dim is None:
+        return base.reshape(-1).index_copy(0, index, trainable.reshape(-1)).view_as(base)
+    return base.index_copy(dim, index, trainable)
+
+
+def _is_dtensor(tensor: Tensor) -> bool:
+    dtensor = sys.modules.get("torch.distributed.tensor")  # not imported: no DTensor can exist
+    return dtensor is not None and isinstance(tensor, dtensor.DTensor)
+
+
+def _gathered(tensor: Tensor) -> Tensor:
+    return tensor.full_tensor() if _is_dtensor(tensor) else tensor
 
 
 class _Route(torch.autograd.Function):

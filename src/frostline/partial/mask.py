@@ -20,7 +20,9 @@ import weakref
 import torch
 from torch import Tensor, nn
 
+from ..errors import FreezeError
 from ._base import Strategy
+from .delta import _is_dtensor
 from ._layout import Layout
 
 
@@ -51,6 +53,12 @@ class Mask(Strategy):
         return Layout(self.param.shape, frozen.reshape(-1) if self.dim is not None else frozen, self.dim)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
+        current = self.module.__dict__.get("_parameters", {}).get(self.local)  # absent while deepcopy rebuilds it
+        if current is not self.param and _is_dtensor(current):
+            raise FreezeError(
+                f"{type(self.module).__name__}.{self.local} is partially frozen with strategy 'mask', which restores "
+                "frozen elements in place after each step and cannot follow FSDP2's shards; freeze it with "
+                "strategy='delta' (or 'split') before fully_shard")
         return [self.param]
 
     def after_step(self) -> None:

@@ -7,6 +7,7 @@ trainable output channels of the output gradient only: ``grad_out[:, rows].T @ x
 ``convolution_backward`` on those channels for a Conv. With half the filters frozen that removes half of the
 weight-gradient FLOPs (a third of a layer's training FLOPs is its weight gradient, so the floor is ~0.83x), and the
 optimizer steps the trainable rows only. Serves ``weight`` of Linear and Conv1d/2d/3d (groups=1) along dim 0.
+Under FSDP2 it runs as delta does there (the merged weight through the module's own op).
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ class Split(Delta):
         self.owns_forward = True
 
     def forward(self, module: nn.Module, x: Tensor) -> Tensor:
+        if self.follows_module():  # FSDP2's gathered copies: delta's merged weight, through the module's own op
+            saved = module._parameters["weight"]
+            module._parameters["weight"] = self.forward_tensor()
+            try:
+                return type(module).forward(module, x)
+            finally:
+                module._parameters["weight"] = saved
         bias = _forward.tensor(module, "bias")
         grads = torch.is_grad_enabled() and (x.requires_grad or self.trainable.requires_grad
                                              or (bias is not None and bias.requires_grad))

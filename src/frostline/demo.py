@@ -5,7 +5,7 @@ a fixed 20% held out). A linear head on the mean-pooled encoder output is traine
 
 1. full fine-tuning (the reference);
 2. embeddings and the first 4 of 6 layers frozen with :func:`frostline.freeze`;
-3. the whole encoder frozen, its output computed once per sentence by :class:`frostline.FeatureCache`.
+3. the whole encoder frozen, its pooled output computed once per sentence by :class:`frostline.FeatureCache`.
 
 The three runs train epoch by epoch in turn, so a busy machine slows them alike and the step-time ratios are
 fair. Every frozen run trains inside :func:`frostline.guard`, which proves the frozen values bit-identical.
@@ -107,16 +107,28 @@ def _pretrained(path: str | None) -> tuple[nn.Module, object]:
 
 
 class TextClassifier(nn.Module):
-    """A transformers encoder (``backbone``) and a linear ``head`` on its mean-pooled token states."""
+    """A transformers encoder (``backbone``), mean pooling (``pool``) and a linear ``head``.
+
+    Pooling is a module so that a feature cache can stop after it: a linear probe then stores one vector per
+    sentence instead of one per token.
+    """
 
     def __init__(self, backbone: nn.Module, num_classes: int):
         super().__init__()
         self.backbone = backbone
+        self.pool = MeanPool()
         self.head = nn.Linear(backbone.config.hidden_size, num_classes)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(pool(hidden, attention_mask))
+        return self.head(self.pool(hidden, attention_mask))
+
+
+class MeanPool(nn.Module):
+    """:func:`pool` as a module."""
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        return pool(hidden, attention_mask)
 
 
 def pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
@@ -202,7 +214,7 @@ def _runs(pristine: nn.Module, num_classes: int, lr: float, seed: int) -> list[_
     # BertSelfAttention applies attention dropout whenever the attention module itself is in training mode (no
     # Dropout module that freeze() could keep in eval), so the cached prefix is put in eval explicitly
     probe.backbone.eval()
-    cache = FeatureCache(probe, upto="backbone")
+    cache = FeatureCache(probe, upto="pool")
     plain = lambda model: lambda ids, x, mask: model(x, mask)  # noqa: E731
     return [_Run(VARIANTS[0], full, opt(full), plain(full), frozen=False),
             _Run(VARIANTS[1], partial, opt(partial), plain(partial), frozen=True),

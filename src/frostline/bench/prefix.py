@@ -114,7 +114,7 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
         Method("unfrozen", "baseline", unfrozen),
         Method("probe: requires_grad", "hand", requires_grad(probe_prefixes)),
         Method("probe: precomputed features", "hand", probe_precomputed),
-        Method("probe: freeze + FeatureCache", "frostline", cached("backbone", "backbone", probe_prefixes)),
+        Method("probe: freeze + FeatureCache", "frostline", cached("backbone", "pool", probe_prefixes)),
         Method("top-2: requires_grad", "hand", requires_grad(TOP2_PREFIXES)),
         Method("top-2: precomputed layer-3 output", "hand", top2_precomputed),
         Method("top-2: freeze + FeatureCache", "frostline",

@@ -4,6 +4,8 @@ import copy
 import pickle
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -339,3 +341,38 @@ def test_meta_device_runs_without_host_syncs():
     x = torch.randn(4, 3, 16, 16, device="meta")
     lean(x).sum().backward()
     assert lean[0].weight.grad.device.type == "meta"
+
+
+@settings(max_examples=25, deadline=None)
+@given(channels=st.integers(1, 6), out=st.integers(1, 6), kernel=st.integers(1, 3), stride=st.integers(1, 2),
+       padding=st.integers(0, 2), dilation=st.integers(1, 2), bias=st.booleans(), grouped=st.booleans(),
+       act=st.sampled_from(["relu", "leaky", "relu6"]), pool=st.sampled_from(["max", "avg", None]),
+       train=st.booleans())
+def test_random_frozen_conv_stacks_give_exact_input_gradients(channels, out, kernel, stride, padding, dilation,
+                                                              bias, grouped, act, pool, train):
+    """Property: for any frozen conv -> BatchNorm -> activation (-> pool) stack, lean's input gradient and output
+    equal PyTorch's plain freezing (bit-identical but for BatchNorm's folded scale)."""
+    groups = channels if grouped and out % channels == 0 else 1
+    activation = {"relu": nn.ReLU(), "leaky": nn.LeakyReLU(0.2), "relu6": nn.ReLU6()}[act]
+    layers = [nn.Conv2d(channels, out, kernel, stride, padding, dilation, groups=groups, bias=bias),
+              nn.BatchNorm2d(out), activation]
+    if pool is not None:
+        layers.append(nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2))
+
+    def make() -> nn.Module:
+        stack = nn.Sequential(*copy.deepcopy(layers))
+        with torch.no_grad():  # statistics a trained network would have, not the identity
+            stack[1].running_mean.uniform_(-0.5, 0.5)
+            stack[1].running_var.uniform_(0.5, 2.0)
+        return stack
+
+    plain, lean = _pair(make)
+    torch.manual_seed(2)
+    x = torch.randn(2, channels, 9, 9)
+    for model in (plain, lean):
+        model.train(train)
+    g = torch.randn(plain(x).shape)
+    want_out, want = _grads(plain, x, g, None, None)
+    got_out, got = _grads(lean, x, g, None, None)
+    torch.testing.assert_close(got_out, want_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["FrostlineError", "SelectionError", "FreezeError", "FrozenParameterChanged"]
+__all__ = ["FrostlineError", "SelectionError", "FreezeError", "FrozenParameterChanged", "CacheError"]
 
 
 class FrostlineError(ValueError):
@@ -19,3 +19,7 @@ class FreezeError(FrostlineError):
 
 class FrozenParameterChanged(AssertionError):
     """A frozen element or a buffer of a fully frozen module changed (raised by ``Snapshot.verify``/``guard``)."""
+
+
+class CacheError(FrostlineError):
+    """The feature cache cannot serve this model or input as asked (the message says why and what to do)."""

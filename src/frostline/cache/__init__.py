@@ -33,31 +33,26 @@ True
 
 from __future__ import annotations
 
-import json
+
 import operator
 import os
 import sys
 import warnings
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
-from .errors import FrostlineError
+from ..errors import CacheError
+from ._store import _DiskStore, _Hasher, _index, _MemoryStore
+from ._trace import _Out, _Plan, _Trace, _close, _lookup, _rng_state, _same, _set_rng_state
 
 __all__ = ["FeatureCache", "CacheError", "with_ids"]
 
-_INTS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _MISSING = object()
-
-
-class CacheError(FrostlineError):
-    """The feature cache cannot serve this model or input as asked (the message says why and what to do)."""
 
 
 class _Stop(Exception):
@@ -118,347 +113,6 @@ def _describe(args: tuple, kwargs: dict) -> tuple[int, list[Tensor], str]:
                              f"{tuple(t.shape)}; pass per-sample inputs only")
     parts = [f"{tuple(t.shape[1:])}:{t.dtype}:{t.device}" if isinstance(t, Tensor) else repr(t) for t in leaves]
     return batch, tensors, f"{spec}|{';'.join(parts)}"
-
-
-def _as_ints(t: Tensor) -> Tensor:
-    t = t.detach()
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    if t.dtype is torch.bool:
-        t = t.view(torch.uint8)
-    if t.dtype is not _INTS[t.element_size()]:
-        t = t.view(_INTS[t.element_size()])
-    return t.long()
-
-
-class _Hasher:
-    """A 64-bit hash per row: the dot product of the row's bits with fixed random odd integers, on its device."""
-
-    def __init__(self) -> None:
-        self._weights: dict[tuple[int, torch.device], Tensor] = {}
-
-    def _w(self, n: int, device: torch.device) -> Tensor:
-        if (n, device) not in self._weights:  # fixed seed: hashes stored on disk stay comparable after a restart
-            g = torch.Generator().manual_seed(0x5EED0000 + n)
-            w = torch.randint(-(2**62), 2**62, (n,), generator=g, dtype=torch.int64) | 1
-            self._weights[(n, device)] = w.to(device)
-        return self._weights[(n, device)]
-
-    def rows(self, tensors: list[Tensor], batch: int, salt: int = 0) -> Tensor:
-        h = None
-        for t in tensors:
-            x = _as_ints(t).reshape(batch, -1)
-            part = (x * self._w(x.shape[1], x.device)).sum(1)
-            h = part if h is None else h * 1_000_003 + part.to(h.device, non_blocking=True)
-        return h + salt
-
-    def content(self, t: Tensor, chunk: int = 4096) -> Tensor:
-        """A 64-bit hash of a whole tensor (its values, in order), as a 0-d tensor on its device."""
-        x = _as_ints(t).flatten()
-        x = torch.cat([x, x.new_zeros(-x.numel() % chunk)]).reshape(-1, chunk)
-        sums = (x * self._w(chunk, x.device)).sum(1)
-        return (sums * self._w(len(sums), x.device)).sum() + t.numel()
-
-
-def _index(positions: list[int], device: torch.device) -> Tensor:
-    """An index tensor on ``device`` without stalling the host (pinned, non-blocking copy on CUDA)."""
-    host = torch.tensor(positions, dtype=torch.int64)
-    if device.type == "cuda":
-        return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)
-
-
-# -- where rows live ----------------------------------------------------------------------------------------------
-@dataclass
-class _Layout:
-    shapes: list[tuple[int, ...]]
-    dtypes: list[torch.dtype]
-
-    @property
-    def row_bytes(self) -> list[int]:
-        return [torch.Size(s).numel() * torch.empty((), dtype=d).element_size()
-                for s, d in zip(self.shapes, self.dtypes)]
-
-    def check(self, rows: list[Tensor]) -> None:
-        got = [(tuple(r.shape[1:]), r.dtype) for r in rows]
-        if got != list(zip(self.shapes, self.dtypes)):
-            raise CacheError(f"this batch's prefix output rows are {got}, the stored ones "
-                             f"{list(zip(self.shapes, self.dtypes))}: every sample must give rows of one shape "
-                             "and dtype (pad inputs to a fixed length)")
-
-
-class _MemoryStore:
-    """Rows in tensors on the device that computed them, grown by doubling."""
-
-    def __init__(self) -> None:
-        self.clear()
-
-    def clear(self) -> None:
-        self.index: dict[int, int] = {}
-        self.layout: _Layout | None = None
-        self.buffers: list[Tensor] = []
-        self.hashes: Tensor | None = None
-
-    def add(self, ids: list[int], hashes: Tensor, rows: list[Tensor]) -> None:
-        if self.layout is None:
-            self.layout = _Layout([tuple(r.shape[1:]) for r in rows], [r.dtype for r in rows])
-            self.buffers = [r.new_empty((0, *r.shape[1:])) for r in rows]
-            self.hashes = hashes.new_empty(0)
-        self.layout.check(rows)
-        start, n = len(self.index), len(ids)
-        if start + n > len(self.hashes):
-            cap = max(start + n, 2 * len(self.hashes), 64)
-            self.buffers = [_grown(b, cap, start) for b in self.buffers]
-            self.hashes = _grown(self.hashes, cap, start)
-        for buf, r in zip(self.buffers, rows):
-            buf[start:start + n] = r
-        self.hashes[start:start + n] = hashes
-        self.index.update((i, start + k) for k, i in enumerate(ids))
-
-    def read(self, slots: list[int], device: torch.device) -> list[Tensor]:
-        index = _index(slots, self.buffers[0].device)
-        return [b.index_select(0, index) for b in self.buffers]
-
-    def stored_hashes(self, slots: list[int], device: torch.device) -> Tensor:
-        return self.hashes.index_select(0, _index(slots, self.hashes.device))
-
-    def nbytes(self) -> int:
-        return len(self.index) * sum(self.layout.row_bytes) if self.layout else 0
-
-
-def _grown(t: Tensor, cap: int, used: int) -> Tensor:
-    out = t.new_empty((cap, *t.shape[1:]))
-    out[:used] = t[:used]
-    return out
-
-
-class _DiskStore:
-    """Rows in raw memory-mapped files under ``path`` (one per output tensor, plus ids and hashes) and a
-    ``meta.json`` that says what they hold; rows written are flushed before ``meta.json`` counts them."""
-
-    def __init__(self, path: Path):
-        try:
-            import numpy  # noqa: F401
-        except ImportError as exc:
-            raise CacheError("store='disk' needs numpy: pip install numpy") from exc
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        meta_file = self.path / "meta.json"
-        self.meta: dict[str, Any] = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-        self._open()
-
-    def _open(self) -> None:
-        import numpy as np
-
-        self.index, self.maps = {}, []
-        leaves = self.meta.get("leaves")
-        self.layout = _Layout([tuple(x["shape"]) for x in leaves], [getattr(torch, x["dtype"]) for x in leaves]) \
-            if leaves else None
-        cap = self.meta.get("capacity", 0)
-        if self.layout is None or not cap:
-            return
-        self.maps = [np.memmap(self.path / f"rows{j}.bin", np.uint8, "r+", shape=(cap, nb))
-                     for j, nb in enumerate(self.layout.row_bytes)]
-        self.ids = np.memmap(self.path / "ids.bin", np.int64, "r+", shape=(cap,))
-        self.hash_map = np.memmap(self.path / "hashes.bin", np.int64, "r+", shape=(cap,))
-        self.index = {int(i): slot for slot, i in enumerate(self.ids[:self.meta["count"]])}
-
-    def matches(self, key: dict) -> bool:
-        return self.meta.get("key") == key
-
-    def reset(self, key: dict) -> None:
-        for f in self.path.glob("*.bin"):
-            f.unlink()
-        self.maps = []
-        self.meta = {"format": 1, "key": key, "count": 0, "capacity": 0, "leaves": []}
-        self._write_meta()
-        self._open()
-
-    def clear(self) -> None:
-        self.reset(self.meta.get("key", {}))
-
-    def _write_meta(self) -> None:
-        tmp = self.path / "meta.json.tmp"
-        tmp.write_text(json.dumps(self.meta, indent=1))
-        os.replace(tmp, self.path / "meta.json")
-
-    def add(self, ids: list[int], hashes: Tensor, rows: list[Tensor]) -> None:
-        if self.layout is None:
-            self.meta["leaves"] = [{"shape": list(r.shape[1:]), "dtype": str(r.dtype).removeprefix("torch.")}
-                                   for r in rows]
-            self._open()
-        self.layout.check(rows)
-        start, n = self.meta["count"], len(ids)
-        if start + n > self.meta["capacity"]:
-            self._grow(max(start + n, 2 * self.meta["capacity"], 64))
-        for mm, r in zip(self.maps, rows):  # a device-to-host copy: filling syncs, cached steps do not
-            mm[start:start + n] = r.detach().cpu().contiguous().reshape(n, -1).view(torch.uint8).numpy()
-        self.ids[start:start + n] = ids
-        self.hash_map[start:start + n] = hashes.cpu().numpy()
-        for mm in (*self.maps, self.ids, self.hash_map):
-            mm.flush()
-        self.meta["count"] = start + n
-        self._write_meta()
-        self.index.update((i, start + k) for k, i in enumerate(ids))
-
-    def _grow(self, cap: int) -> None:
-        files = [f"rows{j}.bin" for j in range(len(self.layout.row_bytes))] + ["ids.bin", "hashes.bin"]
-        sizes = [*self.layout.row_bytes, 8, 8]
-        self.maps = []
-        for name, size in zip(files, sizes):
-            with open(self.path / name, "ab") as f:
-                f.truncate(cap * size)
-        self.meta["capacity"] = cap
-        self._open()
-
-    def read(self, slots: list[int], device: torch.device) -> list[Tensor]:
-        out = []
-        for mm, shape, dtype in zip(self.maps, self.layout.shapes, self.layout.dtypes):
-            host = torch.from_numpy(mm[slots]).view(dtype).reshape(len(slots), *shape)
-            out.append(host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device))
-        return out
-
-    def stored_hashes(self, slots: list[int], device: torch.device) -> Tensor:
-        return torch.from_numpy(self.hash_map[slots]).to(device)
-
-    def nbytes(self) -> int:
-        return self.meta["count"] * sum(self.layout.row_bytes) if self.layout else 0
-
-
-# -- the split ----------------------------------------------------------------------------------------------------
-@dataclass
-class _Out:
-    """The structure, shapes and dtypes a module call returned (not its values): placeholders are built from it."""
-
-    spec: pytree.TreeSpec
-    leaves: list[tuple]  # ("rows", row shape, dtype, device) | ("tensor", shape, dtype, device) | ("value", v)
-    _zeros: dict[int, Any] = field(default_factory=dict)
-
-    @staticmethod
-    def of(output: Any, batch: int) -> _Out:
-        values, spec = pytree.tree_flatten(output)
-        leaves = []
-        for v in values:
-            if not isinstance(v, Tensor):
-                leaves.append(("value", v))
-            elif v.dim() and v.shape[0] == batch:
-                leaves.append(("rows", tuple(v.shape[1:]), v.dtype, v.device))
-            else:
-                leaves.append(("tensor", tuple(v.shape), v.dtype, v.device))
-        return _Out(spec, leaves)
-
-    def build(self, batch: int, rows: list[Tensor] | None = None) -> Any:
-        """This structure holding ``rows`` (in order, for the batched leaves), else zeros (made once per batch size:
-        the suffix never reads them, which the first cached forward checks)."""
-        if rows is None and batch in self._zeros:
-            return self._zeros[batch]
-        it = iter(rows or [])
-        values = [leaf[1] if leaf[0] == "value" else next(it) if rows is not None else
-                  torch.zeros((batch, *leaf[1]) if leaf[0] == "rows" else leaf[1], dtype=leaf[2], device=leaf[3])
-                  for leaf in self.leaves]
-        built = pytree.tree_unflatten(values, self.spec)
-        if rows is None:
-            self._zeros[batch] = built
-        return built
-
-
-@dataclass
-class _Call:
-    module: nn.Module
-    parent: _Call | None
-    rng: list[Tensor]
-    out: _Out | None = None
-
-
-class _Trace(TorchFunctionMode):
-    """Watches one forward: the module calls that finish before ``upto`` starts under one of its ancestors (the
-    prefix's roots) and what they return, and every parameter or buffer read until ``upto`` returns."""
-
-    def __init__(self, model: nn.Module, upto: nn.Module, batch: int, device: torch.device):
-        super().__init__()
-        self.upto, self.batch, self.device = upto, batch, device
-        self.drew: nn.Module | None = None  # the innermost module whose call drew random numbers
-        self.owner: dict[int, tuple[str, nn.Module, str, bool]] = {}
-        for module_name, module in model.named_modules(remove_duplicate=False):
-            for is_param, tensors in ((True, module._parameters), (False, module._buffers)):
-                for local, t in tensors.items():
-                    if t is not None:
-                        self.owner.setdefault(id(t), (f"{module_name}.{local}".lstrip("."), module, local, is_param))
-        self.read: dict[str, tuple[str, nn.Module, str, bool]] = {}
-        self.open: list[_Call] = []
-        self.done: list[_Call] = []
-        self.roots: list[_Call] | None = None
-        self.reading = True
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if self.reading:
-            for t in pytree.tree_leaves((args, kwargs)):
-                if isinstance(t, Tensor) and id(t) in self.owner:
-                    entry = self.owner[id(t)]
-                    self.read[entry[0]] = entry
-        return func(*args, **kwargs)
-
-    def pre(self, module: nn.Module, args: Any) -> None:
-        if module is self.upto and self.roots is None:
-            ancestors = {id(c) for c in self.open}
-            self.roots = [c for c in self.done if id(c.parent) in ancestors]
-        self.open.append(_Call(module, self.open[-1] if self.open else None, _rng_state(self.device)))
-
-    def post(self, module: nn.Module, args: Any, output: Any) -> None:
-        call = self.open.pop()
-        if self.drew is None and not _same(call.rng, _rng_state(self.device)):
-            self.drew = module
-        if self.roots is None:
-            call.out = _Out.of(output, self.batch)
-            self.done.append(call)
-        if module is self.upto:
-            self.reading = False
-
-
-@dataclass
-class _Plan:
-    """How to run the model without its prefix, for one input signature."""
-
-    roots: list[tuple[nn.Module, list[_Out]]]  # prefix modules called before upto, and what each call returned
-    upto_out: _Out
-    tensors: list[tuple[str, nn.Module, str, bool]]  # what the prefix owns or reads: name, owner, local, param?
-    modules: list[tuple[str, nn.Module]]  # the prefix's modules
-    verified: bool = False  # a cached forward matched the uncached one
-
-    def __post_init__(self) -> None:
-        self.tables = [(o._parameters if p else o._buffers, local) for _, o, local, p in self.tensors]
-
-
-def _lookup(owner: nn.Module, local: str, is_param: bool) -> Tensor | None:
-    return (owner._parameters if is_param else owner._buffers).get(local)
-
-
-def _rng_state(device: torch.device) -> list[Tensor]:
-    states = [torch.random.get_rng_state()]
-    backend = getattr(torch, device.type, None) if device.type != "cpu" else None
-    if backend is not None and hasattr(backend, "get_rng_state"):
-        states.append(backend.get_rng_state(device))  # generator state lives on the host: no device sync
-    return states
-
-
-def _same(a: list[Tensor], b: list[Tensor]) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a, b))
-
-
-def _set_rng_state(states: list[Tensor], device: torch.device) -> None:
-    torch.random.set_rng_state(states[0])
-    if len(states) > 1:
-        getattr(torch, device.type).set_rng_state(states[1], device)
-
-
-def _close(a: Any, b: Any) -> bool:
-    if isinstance(a, Tensor) and isinstance(b, Tensor):
-        if a.shape != b.shape or a.dtype != b.dtype:
-            return False
-        a, b = a.detach(), b.detach()
-        return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5)) if a.is_floating_point() else bool(torch.equal(a, b))
-    return isinstance(a, Tensor) == isinstance(b, Tensor) and (isinstance(a, Tensor) or a == b)
 
 
 def _progress_bar(total: int | None, enabled: bool | None, desc: str):
@@ -596,7 +250,7 @@ class FeatureCache:
         return self._store.nbytes()
 
     def __repr__(self) -> str:
-        from ._table import human_bytes
+        from .._table import human_bytes
 
         where = "'memory'" if self.store == "memory" else f"'disk', path={str(self.path)!r}"
         return (f"FeatureCache(upto={self.upto!r}, store={where}, samples={len(self)}, "
@@ -629,7 +283,7 @@ class FeatureCache:
         return tuple(m.training for _, m in plan.modules)
 
     def _check_prefix(self, plan: _Plan) -> None:
-        from ._state import partial_tensors
+        from .._state import partial_tensors
 
         for name, owner, local, is_param in plan.tensors:
             t = _lookup(owner, local, is_param)

@@ -1,0 +1,148 @@
+"""How a :class:`~frostline.FeatureCache` finds the frozen prefix: one traced forward records the module calls
+that finish before ``upto`` starts and the tensors they read (:class:`_Trace` into a :class:`_Plan`), plus the
+helpers that rebuild ``upto``'s output and compare runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+
+
+@dataclass
+class _Out:
+    """The structure, shapes and dtypes a module call returned (not its values): placeholders are built from it."""
+
+    spec: pytree.TreeSpec
+    leaves: list[tuple]  # ("rows", row shape, dtype, device) | ("tensor", shape, dtype, device) | ("value", v)
+    _zeros: dict[int, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def of(output: Any, batch: int) -> _Out:
+        values, spec = pytree.tree_flatten(output)
+        leaves = []
+        for v in values:
+            if not isinstance(v, Tensor):
+                leaves.append(("value", v))
+            elif v.dim() and v.shape[0] == batch:
+                leaves.append(("rows", tuple(v.shape[1:]), v.dtype, v.device))
+            else:
+                leaves.append(("tensor", tuple(v.shape), v.dtype, v.device))
+        return _Out(spec, leaves)
+
+    def build(self, batch: int, rows: list[Tensor] | None = None) -> Any:
+        """This structure holding ``rows`` (in order, for the batched leaves), else zeros (made once per batch size:
+        the suffix never reads them, which the first cached forward checks)."""
+        if rows is None and batch in self._zeros:
+            return self._zeros[batch]
+        it = iter(rows or [])
+        values = [leaf[1] if leaf[0] == "value" else next(it) if rows is not None else
+                  torch.zeros((batch, *leaf[1]) if leaf[0] == "rows" else leaf[1], dtype=leaf[2], device=leaf[3])
+                  for leaf in self.leaves]
+        built = pytree.tree_unflatten(values, self.spec)
+        if rows is None:
+            self._zeros[batch] = built
+        return built
+
+
+@dataclass
+class _Call:
+    module: nn.Module
+    parent: _Call | None
+    rng: list[Tensor]
+    out: _Out | None = None
+
+
+class _Trace(TorchFunctionMode):
+    """Watches one forward: the module calls that finish before ``upto`` starts under one of its ancestors (the
+    prefix's roots) and what they return, and every parameter or buffer read until ``upto`` returns."""
+
+    def __init__(self, model: nn.Module, upto: nn.Module, batch: int, device: torch.device):
+        super().__init__()
+        self.upto, self.batch, self.device = upto, batch, device
+        self.drew: nn.Module | None = None  # the innermost module whose call drew random numbers
+        self.owner: dict[int, tuple[str, nn.Module, str, bool]] = {}
+        for module_name, module in model.named_modules(remove_duplicate=False):
+            for is_param, tensors in ((True, module._parameters), (False, module._buffers)):
+                for local, t in tensors.items():
+                    if t is not None:
+                        self.owner.setdefault(id(t), (f"{module_name}.{local}".lstrip("."), module, local, is_param))
+        self.read: dict[str, tuple[str, nn.Module, str, bool]] = {}
+        self.open: list[_Call] = []
+        self.done: list[_Call] = []
+        self.roots: list[_Call] | None = None
+        self.reading = True
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.reading:
+            for t in pytree.tree_leaves((args, kwargs)):
+                if isinstance(t, Tensor) and id(t) in self.owner:
+                    entry = self.owner[id(t)]
+                    self.read[entry[0]] = entry
+        return func(*args, **kwargs)
+
+    def pre(self, module: nn.Module, args: Any) -> None:
+        if module is self.upto and self.roots is None:
+            ancestors = {id(c) for c in self.open}
+            self.roots = [c for c in self.done if id(c.parent) in ancestors]
+        self.open.append(_Call(module, self.open[-1] if self.open else None, _rng_state(self.device)))
+
+    def post(self, module: nn.Module, args: Any, output: Any) -> None:
+        call = self.open.pop()
+        if self.drew is None and not _same(call.rng, _rng_state(self.device)):
+            self.drew = module
+        if self.roots is None:
+            call.out = _Out.of(output, self.batch)
+            self.done.append(call)
+        if module is self.upto:
+            self.reading = False
+
+
+@dataclass
+class _Plan:
+    """How to run the model without its prefix, for one input signature."""
+
+    roots: list[tuple[nn.Module, list[_Out]]]  # prefix modules called before upto, and what each call returned
+    upto_out: _Out
+    tensors: list[tuple[str, nn.Module, str, bool]]  # what the prefix owns or reads: name, owner, local, param?
+    modules: list[tuple[str, nn.Module]]  # the prefix's modules
+    verified: bool = False  # a cached forward matched the uncached one
+
+    def __post_init__(self) -> None:
+        self.tables = [(o._parameters if p else o._buffers, local) for _, o, local, p in self.tensors]
+
+
+def _lookup(owner: nn.Module, local: str, is_param: bool) -> Tensor | None:
+    return (owner._parameters if is_param else owner._buffers).get(local)
+
+
+def _rng_state(device: torch.device) -> list[Tensor]:
+    states = [torch.random.get_rng_state()]
+    backend = getattr(torch, device.type, None) if device.type != "cpu" else None
+    if backend is not None and hasattr(backend, "get_rng_state"):
+        states.append(backend.get_rng_state(device))  # generator state lives on the host: no device sync
+    return states
+
+
+def _same(a: list[Tensor], b: list[Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _set_rng_state(states: list[Tensor], device: torch.device) -> None:
+    torch.random.set_rng_state(states[0])
+    if len(states) > 1:
+        getattr(torch, device.type).set_rng_state(states[1], device)
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        a, b = a.detach(), b.detach()
+        return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5)) if a.is_floating_point() else bool(torch.equal(a, b))
+    return isinstance(a, Tensor) == isinstance(b, Tensor) and (isinstance(a, Tensor) or a == b)

@@ -31,7 +31,6 @@ import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
@@ -44,8 +43,8 @@ from frostline._table import human_bytes, render  # noqa: E402
 from frostline.models import load_model  # noqa: E402
 from frostline.summary import optimizer_state_bytes  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
-NEW_TOKENS = range(512)
+from distributed import NEW_TOKENS, RESULTS, Classifier  # noqa: E402  (benchmarks/distributed.py, beside this file)
+
 WORD_ROWS = "encoder.embeddings.word_embeddings.weight"
 SENT = {"gather": 0, "scatter": 0}
 
@@ -61,16 +60,6 @@ def _counting(collective, key: str, which: int, name: str):
 
 dist.all_gather_single = _counting(dist.all_gather_single, "gather", 0, "output_tensor")  # the gathered output: full parameters
 dist.reduce_scatter_single = _counting(dist.reduce_scatter_single, "scatter", 1, "input")  # the input: full gradients
-
-
-class Classifier(nn.Module):
-    def __init__(self, encoder: nn.Module):
-        super().__init__()
-        self.encoder = encoder
-        self.head = nn.Linear(encoder.config.hidden_size, 2)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(input_ids=ids).pooler_output)
 
 
 def variants(base: Classifier) -> list[tuple[str, Classifier]]:

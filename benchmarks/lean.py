@@ -33,7 +33,6 @@ measures the number of ops more than their work.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics

@@ -26,6 +26,30 @@ class TiedLM(nn.Module):
         return self.out(torch.relu(self.body(self.embed(ids))))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a busy machine its spin-waits cost 10x the work
+    (modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# A tiny in-repo sentiment set for the framework integrations: 16 short sentences.
+SENTIMENT = [("a wonderful, moving film", 1), ("dull and far too long", 0), ("I loved every minute", 1),
+             ("the plot makes no sense", 0), ("brilliant acting throughout", 1), ("a boring mess", 0),
+             ("funny, warm and clever", 1), ("I want my money back", 0), ("a joy to watch", 1),
+             ("painfully slow and flat", 0), ("the best film this year", 1), ("badly written and acted", 0),
+             ("charming and heartfelt", 1), ("a tedious waste of time", 0), ("great music and visuals", 1),
+             ("nothing works in it", 0)]
+
+
+@pytest.fixture(scope="session")
+def sentiment() -> list[tuple[str, int]]:
+    return SENTIMENT
+
+
 @pytest.fixture
 def tied_lm() -> TiedLM:
     torch.manual_seed(0)

@@ -12,12 +12,7 @@ from frostline import FrostlineError, load_trainable_state_dict, trainable_state
 from frostline.partial import get_partial
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Net(nn.Module):

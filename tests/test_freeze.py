@@ -4,9 +4,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-import frostline
 from frostline import FreezeError, SelectionError, freeze, frozen_names, is_frozen, unfreeze
 from frostline.models import small_cnn, tiny_resnet
 

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 import frostline
 from frostline import freeze_to, frozen_names, layer_groups

@@ -14,22 +14,14 @@ import frostline  # noqa: E402
 from frostline.integrations.lightning import FreezeCallback  # noqa: E402
 from frostline.schedules import AutoFreeze, GradualUnfreeze, ProgressiveFreeze  # noqa: E402
 
-# A tiny in-repo sentiment set: 16 short sentences, 2 batches of 8 per epoch.
-TEXTS = [("a wonderful, moving film", 1), ("dull and far too long", 0), ("I loved every minute", 1),
-         ("the plot makes no sense", 0), ("brilliant acting throughout", 1), ("a boring mess", 0),
-         ("funny, warm and clever", 1), ("I want my money back", 0), ("a joy to watch", 1),
-         ("painfully slow and flat", 0), ("the best film this year", 1), ("badly written and acted", 0),
-         ("charming and heartfelt", 1), ("a tedious waste of time", 0), ("great music and visuals", 1),
-         ("nothing works in it", 0)]
-
 
 @pytest.fixture(scope="module")
-def batches(minilm_dir):
+def batches(minilm_dir, sentiment):
     from transformers import AutoTokenizer
 
-    tokens = AutoTokenizer.from_pretrained(str(minilm_dir))([t for t, _ in TEXTS], padding="max_length",
+    tokens = AutoTokenizer.from_pretrained(str(minilm_dir))([t for t, _ in sentiment], padding="max_length",
                                                             max_length=12, truncation=True, return_tensors="pt")
-    labels = torch.tensor([y for _, y in TEXTS])
+    labels = torch.tensor([y for _, y in sentiment])
     return torch.utils.data.TensorDataset(tokens["input_ids"], tokens["attention_mask"], labels)
 
 

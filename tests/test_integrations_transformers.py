@@ -22,20 +22,13 @@ from frostline.integrations.transformers import (  # noqa: E402
 )
 from frostline.schedules import GradualUnfreeze  # noqa: E402
 
-TEXTS = [("a wonderful, moving film", 1), ("dull and far too long", 0), ("I loved every minute", 1),
-         ("the plot makes no sense", 0), ("brilliant acting throughout", 1), ("a boring mess", 0),
-         ("funny, warm and clever", 1), ("I want my money back", 0), ("a joy to watch", 1),
-         ("painfully slow and flat", 0), ("the best film this year", 1), ("badly written and acted", 0),
-         ("charming and heartfelt", 1), ("a tedious waste of time", 0), ("great music and visuals", 1),
-         ("nothing works in it", 0)]
-
 
 @pytest.fixture(scope="module")
-def dataset(minilm_dir):
+def dataset(minilm_dir, sentiment):
     tokens = transformers.AutoTokenizer.from_pretrained(str(minilm_dir))(
-        [t for t, _ in TEXTS], padding="max_length", max_length=12, truncation=True)
+        [t for t, _ in sentiment], padding="max_length", max_length=12, truncation=True)
     return [{"input_ids": torch.tensor(i), "attention_mask": torch.tensor(m), "labels": torch.tensor(y)}
-            for i, m, (_, y) in zip(tokens["input_ids"], tokens["attention_mask"], TEXTS)]
+            for i, m, (_, y) in zip(tokens["input_ids"], tokens["attention_mask"], sentiment)]
 
 
 @pytest.fixture(scope="module")

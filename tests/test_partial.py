@@ -20,13 +20,7 @@ from frostline.summary import optimizer_state_bytes
 STRATS = ["mask", "delta", "split"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a busy machine its spin-waits cost 10x the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _snap(model):

@@ -23,13 +23,7 @@ from frostline.partial import get_partial
 O = torch.optim
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a busy machine its spin-waits cost 10x the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 OPTIMIZERS = {
     "sgd": (O.SGD, {"lr": 0.1}),
     "sgd-momentum-wd": (O.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.1}),

@@ -1,5 +1,4 @@
 import torch
-from torch import nn
 
 import frostline
 from frostline.models import small_cnn

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Iterator, Protocol, runtime_checkable
 
-import torch
 from torch import Tensor, nn
 
 PARTIAL_ATTR = "_frostline_partial"  # module attribute: {local tensor name: PartialTensor}

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 from typing import Literal, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ._state import get_partial, named_logical_parameters

@@ -16,7 +16,6 @@ output for Tanh/Sigmoid, which the next layer may hold anyway).
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd import Function

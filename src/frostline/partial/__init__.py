@@ -24,7 +24,6 @@ interface (:class:`frostline.partial._base.Strategy`), one registry:
 
 from __future__ import annotations
 
-from typing import Literal
 
 from torch import Tensor, nn
 

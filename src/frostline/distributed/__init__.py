@@ -18,10 +18,11 @@ state. Whole-parameter (un)freezing after ``fully_shard`` works; call :func:`fro
 
 Partial freezing (``rows=``/``mask=``) adds or replaces Parameters that a wrapper would not know, so it must
 happen before wrapping; frostline refuses it afterwards. Every strategy works under DDP (replicas stay
-bit-identical). Under FSDP2, ``delta`` and ``split`` shard their trainable storage like any Parameter (optimizer
-state for the trainable elements only) and follow the module's shards: the forward merges trainable values into
-the frozen base out of place, and ``state_dict``/``trainable_state_dict`` gather them (collectives). ``mask``
-cannot follow shards: :func:`frostline.optimizer` refuses it and :func:`audit_ranks` reports ``fsdp-partial``.
+bit-identical). Under FSDP2 every strategy follows the module's shards: ``delta`` and ``split`` shard their small
+trainable storage like any Parameter (optimizer state for the trainable elements only) and merge it into the
+frozen base out of place in the forward; ``mask`` zeroes frozen gradients on FSDP's gathered Parameter and writes
+each rank's frozen elements back into its own shard after a step. ``state_dict`` and ``trainable_state_dict``
+gather partial tensors (collectives).
 
 Functions that talk to other ranks (:func:`ddp`, :func:`audit_ranks`, :func:`trainable_state_dict`) are
 collectives: call them on every rank, in the same order. A script run with ``torchrun --nproc_per_node=N``::

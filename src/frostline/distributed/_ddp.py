@@ -12,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .._state import partial_tensors
 from ._ranks import _disagreement, _frozen_states, _gather, _ranks
-from ._wrap import DistributedFreezeError, _brief, _is_dtensor, _require_process_group, _sharded_partials
+from ._wrap import DistributedFreezeError, _is_dtensor, _require_process_group
 
 _IGNORE = "_ddp_params_and_buffers_to_ignore"  # the module attribute DDP's constructor reads (and only it)
 
@@ -100,15 +100,9 @@ def trainable_state_dict(model: nn.Module, *, buffers: bool = True, rank: int = 
     Returns:
         dict[str, Tensor]: full tensors on ``rank``, in the key format of the one-process version.
 
-    Raises:
-        DistributedFreezeError: a tensor partially frozen with 'mask' is sharded by FSDP2 (use 'delta').
     """
     from ..checkpoint import trainable_state_dict as local_state_dict
 
-    sharded = _sharded_partials(model)
-    if sharded:
-        raise DistributedFreezeError(f"strategy 'mask' cannot follow FSDP2's shards: {_brief(sharded)}; freeze them "
-                                     "with strategy='delta' (or 'split') before fully_shard")
     mine = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == rank
     out = {}
     for key, value in local_state_dict(model, buffers=buffers).items():

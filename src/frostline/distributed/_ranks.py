@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .._state import get_partial, named_logical_parameters
-from ._wrap import _is_dtensor, _require_process_group, _sharded_partials, _wrappers_of
+from ._wrap import _is_dtensor, _require_process_group, _wrappers_of
 
 if TYPE_CHECKING:
     from ..audit import Finding, Findings
@@ -170,26 +170,13 @@ def _unused_search(model: nn.Module, wrappers: list[tuple[DistributedDataParalle
                     "build it with find_unused_parameters=False, unless some trainable parameter is really unused")]
 
 
-def _fsdp_partial(model: nn.Module) -> list[Finding]:
-    from ..audit import Finding
-
-    sharded = _sharded_partials(model)
-    if not sharded:
-        return []
-    return [Finding("fsdp-partial", "error", sharded,
-                    f"{len(sharded)} tensors partially frozen with strategy 'mask' are sharded by fully_shard; "
-                    "'mask' restores frozen elements in place and cannot follow FSDP2's shards, so they would train",
-                    "freeze them with strategy='delta' (or 'split') before fully_shard; both follow FSDP2's shards")]
-
-
 def audit_ranks(model: nn.Module, group: dist.ProcessGroup | None = None) -> Findings:
     """Check, across ranks, what no single rank can see; every rank gets the same findings. A collective.
 
     Findings (``code``): ``ranks-disagree`` (ranks freeze different parameters or elements), ``replicas-differ``
     (a DDP-wrapped model whose parameters are no longer bit-identical across ranks), ``ddp-stale-buckets`` (the
     trainable set changed behind a live DDP wrapper's back, e.g. by setting ``requires_grad`` directly),
-    ``ddp-find-unused-parameters`` (info: frozen parameters never need it), ``fsdp-partial`` (a tensor partially
-    frozen with 'mask' and sharded by FSDP2, which 'mask' cannot follow). Per-rank checks stay with
+    ``ddp-find-unused-parameters`` (info: frozen parameters never need it). Per-rank checks stay with
     :func:`frostline.audit` and :func:`frostline.guard`, run on each rank.
 
     Args:
@@ -209,6 +196,6 @@ def audit_ranks(model: nn.Module, group: dist.ProcessGroup | None = None) -> Fin
     gathered = _gather((_frozen_states(model), _value_prints(model) if wrappers else None), group)
     ranks = _ranks(group)
     found = _disagreement(gathered, ranks) + _diverged(gathered, ranks) + _stale_buckets(wrappers) \
-        + _unused_search(model, wrappers) + _fsdp_partial(model)
+        + _unused_search(model, wrappers)
     order = {"error": 0, "warning": 1, "info": 2}
     return Findings(sorted(found, key=lambda f: order[f.severity]))

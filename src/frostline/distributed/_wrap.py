@@ -144,13 +144,6 @@ def _wrappers_of(model: nn.Module) -> list[tuple[DistributedDataParallel, dict[i
     return out
 
 
-def _sharded_partials(model: nn.Module) -> list[str]:
-    """Tensors partially frozen with 'mask' whose Parameter FSDP2 replaced with a shard ('mask' cannot follow it;
-    'delta' and 'split' follow the module's shards)."""
-    return [n for n, t in named_logical_parameters(model)
-            if getattr(get_partial(model, n), "strategy", None) == "mask" and _is_dtensor(t)]
-
-
 def _require_process_group(what: str) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         raise DistributedFreezeError(f"{what} needs torch.distributed: call torch.distributed.init_process_group() "

@@ -26,6 +26,13 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from ._layout import Layout
 
 _ACTIVE: dict[int, weakref.ref] = {}  # id(Parameter an optimizer steps) -> weakref to the strategy to run after
+# strategies whose module FSDP2 manages: the Parameters an optimizer steps are FSDP's shards, found on the module
+_FOLLOWING: weakref.WeakSet = weakref.WeakSet()
+
+
+def fsdp_managed(module: nn.Module) -> bool:
+    """Whether ``fully_shard`` manages ``module``'s Parameters (it marks every module it manages)."""
+    return bool(module.__dict__.get("_is_fsdp_managed_module", False))
 
 
 class Strategy:
@@ -177,7 +184,7 @@ def _forget(key: int, _ref: weakref.ref) -> None:
 
 
 def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-    if not _ACTIVE:
+    if not _ACTIVE and not _FOLLOWING:
         return
     done: set[int] = set()
     for group in optimizer.param_groups:
@@ -188,6 +195,12 @@ def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs:
                 continue
             done.add(id(part))
             part.after_step()
+    if _FOLLOWING:
+        stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for part in list(_FOLLOWING):
+            if id(part) not in done and any(id(p) in stepped for p in part.trainable_parameters()):
+                done.add(id(part))
+                part.after_step()
 
 
 register_optimizer_step_post_hook(_after_optimizer_step)

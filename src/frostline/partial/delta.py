@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._base import Strategy, _put, _take
+from ._base import Strategy, _put, _take, fsdp_managed
 from ._forward import foreign_forward
 from ._layout import Layout
 
@@ -75,6 +75,8 @@ class Delta(Strategy):
         A user replaces one tensor at a time and ``load_state_dict`` rebinds at once, so both replaced means a
         wrapper owns the storage: use what the module holds now, never rebind to it.
         """
+        if fsdp_managed(self.module):
+            return True
         params = self.module.__dict__.get("_parameters", {})  # absent while deepcopy rebuilds the module
         return (params.get(self.local, self.param) is not self.param
                 and params.get(self._name("trainable"), self.trainable) is not self.trainable)

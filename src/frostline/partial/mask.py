@@ -10,6 +10,10 @@ state, and tied weights stay tied. Two things keep frozen elements exact:
 
 The cost is a dense gradient and dense optimizer state, and one pass over the frozen elements per step: the
 cheapest strategy when most elements train.
+
+Under FSDP2 (``fully_shard`` after freezing) the strategy follows the module's tensors: the hook goes on FSDP's
+gathered Parameter (so the reduce-scattered gradient has zeros at frozen elements), and after a step each rank
+writes back the frozen elements of its own shard (located once per shard layout, from the DTensor's placements).
 """
 
 from __future__ import annotations
@@ -20,9 +24,8 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-from ..errors import FreezeError
-from ._base import Strategy
-from .delta import _is_dtensor
+from ._base import _FOLLOWING, Strategy, fsdp_managed
+from .delta import _gathered, _is_dtensor
 from ._layout import Layout
 
 
@@ -53,29 +56,69 @@ class Mask(Strategy):
         return Layout(self.param.shape, frozen.reshape(-1) if self.dim is not None else frozen, self.dim)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        current = self.module.__dict__.get("_parameters", {}).get(self.local)  # absent while deepcopy rebuilds it
-        if current is not self.param and _is_dtensor(current):
-            raise FreezeError(
-                f"{type(self.module).__name__}.{self.local} is partially frozen with strategy 'mask', which restores "
-                "frozen elements in place after each step and cannot follow FSDP2's shards; freeze it with "
-                "strategy='delta' (or 'split') before fully_shard")
+        if fsdp_managed(self.module):
+            _FOLLOWING.add(self)
+            return [self.module.__dict__.get("_parameters", {}).get(self.local, self.param)]
         return [self.param]
 
+    def check(self) -> None:
+        if not fsdp_managed(self.module):
+            return super().check()
+        _FOLLOWING.add(self)  # the optimizer steps FSDP's shard of the tensor: found on the module after a step
+        current = self.module._parameters.get(self.local)
+        if current is not None and not _is_dtensor(current):
+            self._hook(current)  # FSDP's gathered Parameter, reused every step: hooked once
+
+    def full(self) -> Tensor:
+        if not fsdp_managed(self.module):
+            return super().full()
+        return _gathered(self.module._parameters[self.local].detach())
+
     def after_step(self) -> None:
+        current = self.module._parameters.get(self.local)
+        if fsdp_managed(self.module) and _is_dtensor(current):
+            return self._restore_shard(current)
         with torch.no_grad():
             if self.dim is not None:
                 self.param.index_copy_(self.dim, self._get("index"), self._get("saved"))
             else:
                 self.param.masked_scatter_(self._get("frozen"), self._get("saved"))
 
+    def _restore_shard(self, shard: Tensor) -> None:
+        local = shard.to_local()
+        place = self.__dict__.get("_shard")
+        if place is None or place[0] != (tuple(shard.placements), tuple(local.shape)):
+            place = self._shard = self._locate(shard, local)
+        _, frozen, saved = place
+        with torch.no_grad():
+            local.masked_scatter_(frozen, saved)
+
+    def _locate(self, shard: Tensor, local: Tensor) -> tuple:
+        """This rank's frozen elements: their mask over the local shard and their saved values (once per layout)."""
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        shape, offset = compute_local_shape_and_global_offset(shard.shape, shard.device_mesh, shard.placements)
+        mine = tuple(slice(start, start + size) for start, size in zip(offset, shape))
+        frozen = self.layout().full().to(local.device)
+        values = torch.zeros(shard.shape, dtype=local.dtype, device=local.device)
+        if self.dim is not None:
+            values.index_copy_(self.dim, self._get("index"), self._get("saved"))
+        else:
+            values.masked_scatter_(frozen, self._get("saved"))
+        frozen = frozen[mine].contiguous()
+        return (tuple(shard.placements), tuple(local.shape)), frozen, values[mine][frozen]
+
     def _reload(self) -> None:
         self._get("saved").copy_(self._frozen_values())
 
     def _activate(self) -> None:
         super()._activate()
-        hooks = getattr(self.param, "_post_accumulate_grad_hooks", None) or {}
+        self._hook(self.param)
+
+    def _hook(self, param: Tensor) -> None:
+        hooks = getattr(param, "_post_accumulate_grad_hooks", None) or {}
         if not any(_is_ours(hook, self) for hook in hooks.values()):
-            self.param.register_post_accumulate_grad_hook(functools.partial(_zero_frozen_grad, weakref.ref(self)))
+            param.register_post_accumulate_grad_hook(functools.partial(_zero_frozen_grad, weakref.ref(self)))
 
     def _deactivate(self) -> None:
         super()._deactivate()
@@ -90,7 +133,9 @@ def _is_ours(hook: object, part: Mask) -> bool:
 
 def _zero_frozen_grad(ref: weakref.ref, param: Tensor) -> None:
     part = ref()
-    if part is None or param.grad is None or part.module._parameters.get(part.local) is not param:
+    if part is None or param.grad is None:
+        return
+    if part.module._parameters.get(part.local) is not param and not fsdp_managed(part.module):
         return
     if part.dim is not None:  # whole slices: index_fill_ is several times faster than a broadcast mask
         param.grad.index_fill_(part.dim, part._get("index"), 0)

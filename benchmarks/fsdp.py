@@ -12,6 +12,8 @@ Variants (frozen with frostline before ``fully_shard``):
 - ``frozen backbone``: the encoder frozen; only the head trains.
 - ``partial delta``: the encoder frozen except 512 rows of the word embeddings (new tokens, say), plus the head,
   with ``strategy="delta"``: the trainable rows are their own small sharded Parameter.
+- ``partial mask``: the same rows with ``strategy="mask"``: the whole table trains densely, frozen rows written back
+  into each rank's shard after a step.
 
 Per step and rank: **all-gathered** bytes (parameters, forward and backward) and **reduce-scattered** bytes
 (gradients), counted by wrapping ``dist.all_gather_single``/``dist.reduce_scatter_single`` (what FSDP2 calls) in
@@ -63,11 +65,13 @@ dist.reduce_scatter_single = _counting(dist.reduce_scatter_single, "scatter", 1,
 
 
 def variants(base: Classifier) -> list[tuple[str, Classifier]]:
-    partial = frostline.freeze(copy.deepcopy(base), ["encoder", "!encoder.embeddings.word_embeddings"])
-    frostline.freeze(partial, WORD_ROWS, rows=range(NEW_TOKENS.stop, base.encoder.config.vocab_size),
-                     strategy="delta")
-    return [("full", copy.deepcopy(base)), ("frozen backbone", frostline.freeze(copy.deepcopy(base), "encoder")),
-            ("partial delta (512 rows)", partial)]
+    out = [("full", copy.deepcopy(base)), ("frozen backbone", frostline.freeze(copy.deepcopy(base), "encoder"))]
+    for strategy in ("delta", "mask"):
+        partial = frostline.freeze(copy.deepcopy(base), ["encoder", "!encoder.embeddings.word_embeddings"])
+        frostline.freeze(partial, WORD_ROWS, rows=range(NEW_TOKENS.stop, base.encoder.config.vocab_size),
+                         strategy=strategy)
+        out.append((f"partial {strategy} (512 rows)", partial))
+    return out
 
 
 class Run:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import textwrap
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -82,16 +83,19 @@ def plot(results: list["CaseResult"], path: Path) -> None:
                 color=colors, height=0.6)
         ax.set_yticks(range(len(rows)), [f"{r.method} ({r.by})" for r in rows], fontsize=8)
         ax.invert_yaxis()
+        low, high = min(ratios + [1.0]), max(ratios + [1.0])
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        # 1-2-5 ticks over a decade or two; over a wider span only the decades, or the labels collide
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if high / low < 200 else (1.0,)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.5, not 5x10^-1
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.axvline(1.0, color="black", linewidth=0.8)
-        for i, ratio in enumerate(ratios):
-            ax.text(ratio, i, f" {ratio:.3g} ", va="center", ha="left" if ratio >= 1 else "right", fontsize=7)
-        low, high = min(ratios + [1.0]), max(ratios + [1.0])
-        ax.set_xlim(low / 3, high * 3)
-        ax.set_title(f"{result.title}\n{result.setup}", fontsize=8, loc="left")
+        for i, (ratio, row) in enumerate(zip(ratios, rows)):
+            moved = row.exact is False  # said in words too: a ratio near 1 leaves no bar to color
+            ax.text(ratio, i, f" {ratio:.3g}{' (moved)' if moved else ''} ", va="center",
+                    ha="left" if ratio >= 1 else "right", fontsize=7, color="#d62728" if moved else "black")
+        ax.set_xlim(low / 3, high * 4)
+        ax.set_title(f"{textwrap.fill(result.title, 95)}\n{result.setup}", fontsize=8, loc="left")
     axes[-1, 0].set_xlabel("step time / unfrozen step of the same round (log scale; left of 1 is faster)",
                            fontsize=8)
     fig.legend(handles=[Patch(color="#2ca02c", label="frozen values bit-identical"),

@@ -190,6 +190,9 @@ def partial() -> None:
     held = torch.tensor([sum(s["exp_avg"].to_local().numel() for s in optimizer.state.values())])
     dist.all_reduce(held)  # optimizer state of every rank's shards: the trainable elements, nothing more
     assert int(held) == trainable, (int(held), trainable)
+    for name in PARTIAL:  # no strategy keeps the unsharded original alive (a full copy on every rank)
+        part = get_partial(model, name)
+        assert all(hasattr(t, "to_local") for t in (part.param, *part.trainable_parameters())), name
     state = model.state_dict()  # a collective: delta writes its trainable values into the base shards first
     ours = {n: t.full_tensor() if hasattr(t, "full_tensor") else t for n, t in state.items()}
     assert sorted(ours) == sorted(start), sorted(set(ours) ^ set(start))  # the original keys, nothing added

@@ -16,6 +16,7 @@ What cannot live on the module as a plain attribute is rebuilt from it instead:
 from __future__ import annotations
 
 import functools
+import sys
 import weakref
 from typing import Any, ClassVar
 
@@ -33,6 +34,16 @@ _FOLLOWING: weakref.WeakSet = weakref.WeakSet()
 def fsdp_managed(module: nn.Module) -> bool:
     """Whether ``fully_shard`` manages ``module``'s Parameters (it marks every module it manages)."""
     return bool(module.__dict__.get("_is_fsdp_managed_module", False))
+
+
+def is_dtensor(tensor: Any) -> bool:
+    dtensor = sys.modules.get("torch.distributed.tensor")  # not imported: no DTensor can exist
+    return dtensor is not None and isinstance(tensor, dtensor.DTensor)
+
+
+def gathered(tensor: Tensor) -> Tensor:
+    """The full tensor of a DTensor (a collective), any other tensor as it is."""
+    return tensor.full_tensor() if is_dtensor(tensor) else tensor
 
 
 class Strategy:
@@ -104,12 +115,16 @@ class Strategy:
         """The Parameter holds new values (a checkpoint was loaded): refresh what was derived from them."""
 
     # -- lifecycle --------------------------------------------------------------------------------------------
+    def _stepped(self) -> list[Tensor]:
+        """The Parameters this strategy holds that an optimizer steps (as bound now: no lookups, no side effects)."""
+        return self.trainable_parameters()
+
     def _activate(self) -> None:
-        for param in self.trainable_parameters():
+        for param in self._stepped():
             _ACTIVE[id(param)] = weakref.ref(self, functools.partial(_forget, id(param)))
 
     def _deactivate(self) -> None:
-        for param in self.trainable_parameters():
+        for param in self._stepped():
             ref = _ACTIVE.get(id(param))
             if ref is not None and ref() is self:
                 del _ACTIVE[id(param)]
@@ -127,6 +142,18 @@ class Strategy:
         self._deactivate()
         self._bind()
         self._activate()
+
+    def hold_shards(self) -> None:
+        """Under FSDP2, refer to FSDP's shards instead of the unsharded originals (which would keep a full copy of
+        the tensor alive on every rank), and find this strategy by them after an optimizer step."""
+        if not is_dtensor(self.module._parameters.get(self.local)):
+            return
+        self._deactivate()
+        self._bind_shards()
+        self._activate()
+
+    def _bind_shards(self) -> None:
+        self.param = self.module._parameters[self.local]
 
     def after_load(self) -> None:
         self._rebind()
@@ -191,7 +218,7 @@ def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs:
         for param in group["params"]:
             ref = _ACTIVE.get(id(param))
             part = ref() if ref is not None else None
-            if part is None or id(part) in done or not any(p is param for p in part.trainable_parameters()):
+            if part is None or id(part) in done or not any(p is param for p in part._stepped()):
                 continue
             done.add(id(part))
             part.after_step()

@@ -21,13 +21,11 @@ nothing else), the base is never written in the step path, and ``state_dict``/``
 
 from __future__ import annotations
 
-import sys
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._base import Strategy, _put, _take, fsdp_managed
+from ._base import _FOLLOWING, Strategy, _put, _take, fsdp_managed, gathered, is_dtensor
 from ._forward import foreign_forward
 from ._layout import Layout
 
@@ -70,11 +68,9 @@ class Delta(Strategy):
         return self.module._parameters[self.local], self.module._parameters[self._name("trainable")]
 
     def follows_module(self) -> bool:
-        """True when something replaced both Parameters (FSDP2's shards, or its gathered copies in a forward).
-
-        A user replaces one tensor at a time and ``load_state_dict`` rebinds at once, so both replaced means a
-        wrapper owns the storage: use what the module holds now, never rebind to it.
-        """
+        """True when the module's tensors are not ours to rebind to: FSDP2 manages the module (its shards between
+        steps, its gathered copies in a forward), or something else replaced both Parameters at once (a user
+        replaces one at a time, and ``load_state_dict`` rebinds at once): use what the module holds now."""
         if fsdp_managed(self.module):
             return True
         params = self.module.__dict__.get("_parameters", {})  # absent while deepcopy rebuilds the module
@@ -83,6 +79,8 @@ class Delta(Strategy):
 
     def check(self) -> None:
         if self.follows_module():
+            if fsdp_managed(self.module):
+                _FOLLOWING.add(self)  # after a step: let go of the unsharded originals (hold_shards)
             return  # no version bookkeeping and no collectives in the step path
         if self.module._parameters.get(self._name("trainable")) is not self.trainable:
             self._rebind()
@@ -97,15 +95,25 @@ class Delta(Strategy):
         return Layout(self.param.shape, frozen if self.dim is not None else frozen.view(self.param.shape), self.dim)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
+        if fsdp_managed(self.module):
+            self.hold_shards()
         return [self._current()[1] if self.follows_module() else self.trainable]
+
+    def _bind_shards(self) -> None:
+        self.param, self.trainable = self._current()
+
+    def _stepped(self) -> list[Tensor]:
+        return [self.trainable]
 
     def full(self) -> Tensor:
         if not self.follows_module():
             return super().full()
-        base, trainable = (_gathered(t.detach()) for t in self._current())
+        base, trainable = (gathered(t.detach()) for t in self._current())
         return _merged(base, trainable, self._get("index").to(base.device), self.dim)
 
     def after_step(self) -> None:
+        if self.follows_module():
+            return self.hold_shards() if fsdp_managed(self.module) else None  # never a collective in the step
         self.sync(force=True)
 
     def sync(self, force: bool = False) -> None:
@@ -122,8 +130,8 @@ class Delta(Strategy):
         """Write the trainable values into the module's base tensor; for a DTensor shard, only its own rows."""
         base, trainable = self._current()
         with torch.no_grad():
-            if not _is_dtensor(base):
-                _put(base, self.dim, self._get("index"), _gathered(trainable.detach()))
+            if not is_dtensor(base):
+                _put(base, self.dim, self._get("index"), gathered(trainable.detach()))
                 return
             from torch.distributed.tensor import distribute_tensor
 
@@ -164,15 +172,6 @@ def _merged(base: Tensor, trainable: Tensor, index: Tensor, dim: int | None) -> 
     if dim is None:
         return base.reshape(-1).index_copy(0, index, trainable.reshape(-1)).view_as(base)
     return base.index_copy(dim, index, trainable)
-
-
-def _is_dtensor(tensor: Tensor) -> bool:
-    dtensor = sys.modules.get("torch.distributed.tensor")  # not imported: no DTensor can exist
-    return dtensor is not None and isinstance(tensor, dtensor.DTensor)
-
-
-def _gathered(tensor: Tensor) -> Tensor:
-    return tensor.full_tensor() if _is_dtensor(tensor) else tensor
 
 
 class _Route(torch.autograd.Function):

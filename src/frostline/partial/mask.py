@@ -24,8 +24,7 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-from ._base import _FOLLOWING, Strategy, fsdp_managed
-from .delta import _gathered, _is_dtensor
+from ._base import _FOLLOWING, Strategy, fsdp_managed, gathered, is_dtensor
 from ._layout import Layout
 
 
@@ -58,7 +57,11 @@ class Mask(Strategy):
     def trainable_parameters(self) -> list[nn.Parameter]:
         if fsdp_managed(self.module):
             _FOLLOWING.add(self)
-            return [self.module.__dict__.get("_parameters", {}).get(self.local, self.param)]
+            self.hold_shards()
+            return [self.module._parameters[self.local]]
+        return [self.param]
+
+    def _stepped(self) -> list[Tensor]:
         return [self.param]
 
     def check(self) -> None:
@@ -66,17 +69,18 @@ class Mask(Strategy):
             return super().check()
         _FOLLOWING.add(self)  # the optimizer steps FSDP's shard of the tensor: found on the module after a step
         current = self.module._parameters.get(self.local)
-        if current is not None and not _is_dtensor(current):
+        if current is not None and not is_dtensor(current):
             self._hook(current)  # FSDP's gathered Parameter, reused every step: hooked once
 
     def full(self) -> Tensor:
         if not fsdp_managed(self.module):
             return super().full()
-        return _gathered(self.module._parameters[self.local].detach())
+        return gathered(self.module._parameters[self.local].detach())
 
     def after_step(self) -> None:
         current = self.module._parameters.get(self.local)
-        if fsdp_managed(self.module) and _is_dtensor(current):
+        if fsdp_managed(self.module) and is_dtensor(current):
+            self.hold_shards()
             return self._restore_shard(current)
         with torch.no_grad():
             if self.dim is not None:
@@ -116,6 +120,8 @@ class Mask(Strategy):
         self._hook(self.param)
 
     def _hook(self, param: Tensor) -> None:
+        if is_dtensor(param):  # FSDP2 runs a shard's hooks after the reduce-scatter: the gathered one's did it
+            return
         hooks = getattr(param, "_post_accumulate_grad_hooks", None) or {}
         if not any(_is_ours(hook, self) for hook in hooks.values()):
             param.register_post_accumulate_grad_hook(functools.partial(_zero_frozen_grad, weakref.ref(self)))

@@ -45,7 +45,7 @@ class Mask(Strategy):
         self._add_buffer("saved", self._frozen_values())
 
     def _frozen_values(self) -> Tensor:
-        values = self.param.detach()
+        values = gathered(self.param.detach())  # a collective for FSDP2's shard (a checkpoint loaded into it)
         if self.dim is not None:
             return values.index_select(self.dim, self._get("index")).clone()
         return values.masked_select(self._get("frozen"))
@@ -114,6 +114,7 @@ class Mask(Strategy):
 
     def _reload(self) -> None:
         self._get("saved").copy_(self._frozen_values())
+        self.__dict__.pop("_shard", None)  # located from the old values
 
     def _activate(self) -> None:
         super()._activate()

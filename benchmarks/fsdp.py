@@ -60,8 +60,9 @@ def _counting(collective, key: str, which: int, name: str):
     return wrapped
 
 
-dist.all_gather_single = _counting(dist.all_gather_single, "gather", 0, "output_tensor")  # the gathered output: full parameters
-dist.reduce_scatter_single = _counting(dist.reduce_scatter_single, "scatter", 1, "input")  # the input: full gradients
+# all-gather: count the gathered output (full parameters); reduce-scatter: the input (full gradients)
+dist.all_gather_single = _counting(dist.all_gather_single, "gather", 0, "output_tensor")
+dist.reduce_scatter_single = _counting(dist.reduce_scatter_single, "scatter", 1, "input")
 
 
 def variants(base: Classifier) -> list[tuple[str, Classifier]]:

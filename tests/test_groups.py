@@ -55,3 +55,13 @@ def test_freeze_to_keeps_bert_head_training(minilm):
     assert frostline.is_frozen(minilm, "encoder.layer.4.output.dense.weight") is True
     assert frostline.is_frozen(minilm, "encoder.layer.5.output.dense.weight") is False
     assert not minilm.encoder.layer[0].attention.self.dropout.training or not minilm.training
+
+
+def test_a_body_and_a_head_are_two_groups():
+    """A plain Module whose children are a body and a head (no repeated blocks) splits into the two, as fastai's
+    body/head split does; freeze_to(-1) then trains only the head."""
+    model = small_cnn()
+    groups = frostline.layer_groups(model)
+    assert [g[0] for g in groups] == ["features.0.weight", "head.1.weight"]
+    frostline.freeze_to(model, -1)
+    assert frostline.frozen_names(model) == groups[0]

@@ -144,6 +144,13 @@ def unfreeze(
 def is_frozen(model: nn.Module, name: str) -> bool | Literal["partial"]:
     """True if parameter ``name`` is frozen, False if it trains, ``"partial"`` if some elements are frozen.
 
+    Example:
+        >>> import torch.nn as nn, frostline
+        >>> model = frostline.freeze(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), "0")
+        >>> _ = frostline.freeze(model, "2.weight", rows=[0])
+        >>> [frostline.is_frozen(model, name) for name in ("0.bias", "2.weight", "2.bias")]
+        [True, 'partial', False]
+
     Raises:
         SelectionError: ``name`` is not a parameter of the model (the message names the closest ones).
     """
@@ -157,7 +164,13 @@ def is_frozen(model: nn.Module, name: str) -> bool | Literal["partial"]:
 
 
 def frozen_names(model: nn.Module) -> list[str]:
-    """Names of the fully frozen parameters, in model order (partially frozen ones are not listed)."""
+    """Names of the fully frozen parameters, in model order (partially frozen ones are not listed).
+
+    Example:
+        >>> import torch.nn as nn, frostline
+        >>> model = frostline.freeze(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), "0")
+        >>> frostline.frozen_names(model)
+        ['0.weight', '0.bias']"""
     return [n for n, t in named_logical_parameters(model) if not t.requires_grad and get_partial(model, n) is None]
 
 

@@ -81,7 +81,8 @@ def layer_groups(model: nn.Module) -> list[list[str]]:
         2
     """
     owners: list[list[tuple[str, bool]]] = []
-    if _expandable(model) or isinstance(model, _CONTAINERS):
+    parts = sum(1 for child in model.children() if _has_params(child))
+    if _expandable(model) or isinstance(model, _CONTAINERS) or parts >= 2:  # e.g. a body and a head
         _walk(model, "", owners)
     else:
         owners.append([("", True)])
@@ -100,6 +101,13 @@ def freeze_to(model: nn.Module, n: int, **freeze_kwargs) -> nn.Module:
     """Freeze the layer groups before ``n`` and unfreeze the rest (negative ``n`` counts from the end).
 
     ``freeze_to(model, -1)`` trains only the head; ``freeze_to(model, 0)`` trains everything.
+
+    Example:
+        >>> import frostline
+        >>> from frostline.models import small_cnn
+        >>> model = frostline.freeze_to(small_cnn(), -1)        # groups: features, head
+        >>> sorted({name.split(".")[0] for name in frostline.frozen_names(model)})
+        ['features']
     """
     groups = layer_groups(model)
     cut = n if n >= 0 else max(len(groups) + n, 0)

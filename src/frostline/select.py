@@ -174,6 +174,16 @@ def select(model: nn.Module, spec: Spec = "*") -> list[str]:
     Raises:
         SelectionError: when a spec (or an entry of a list) matches nothing; the message names up to five
         closest real names.
+
+    Example:
+        >>> import torch.nn as nn, frostline
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> frostline.select(model, ["*", "!0.bias"])
+        ['0.weight', '2.weight', '2.bias']
+        >>> frostline.select(model, "3.weight")
+        Traceback (most recent call last):
+        ...
+        frostline.errors.SelectionError: pattern '3.weight' matches no parameter; closest names: 2.weight, 0.weight
     """
     universe = _Universe(model)
     return universe.ordered(_match(universe, spec))

@@ -85,6 +85,13 @@ def summary(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) ->
 
     Returns:
         Summary: ``.total``, ``.trainable``, ``.frozen`` (ints), ``.rows``; ``str()`` is a readable table.
+
+    Example:
+        >>> import torch.nn as nn, frostline
+        >>> model = frostline.freeze(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), "0")
+        >>> s = frostline.summary(model)
+        >>> s.total, s.trainable, s.frozen
+        (58, 18, 40)
     """
     rows: dict[str, SummaryRow] = {}
     owner_of_storage: dict[int, str] = {}

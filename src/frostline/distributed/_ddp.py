@@ -60,6 +60,16 @@ def ddp(model: nn.Module, **kwargs: Any) -> DistributedDataParallel:
     Raises:
         DistributedFreezeError: no process group, or ranks disagree on the frozen set (the message names the
             parameters and ranks).
+
+    Example (one process here; under torchrun every rank runs the same lines):
+        >>> import gc, torch, torch.nn as nn, torch.distributed as dist, frostline
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> model = frostline.freeze(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1)), "0")
+        >>> wrapped = frostline.distributed.ddp(model)
+        >>> wrapped(torch.randn(2, 4)).sum().backward()
+        >>> model[0].weight.grad is None, model[1].weight.grad is not None   # the frozen layer is in no bucket
+        (True, True)
+        >>> del wrapped; _ = gc.collect(); dist.destroy_process_group()     # the wrapper first (gloo)
     """
     _require_process_group("frostline.distributed.ddp")
     group = _group_of(kwargs)
@@ -100,6 +110,14 @@ def trainable_state_dict(model: nn.Module, *, buffers: bool = True, rank: int = 
     Returns:
         dict[str, Tensor]: full tensors on ``rank``, in the key format of the one-process version.
 
+    Example (one process here; under torchrun every rank calls it, after ``fully_shard``):
+        >>> import torch.nn as nn, torch.distributed as dist, frostline
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> model = frostline.freeze(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1)), "0")
+        >>> _ = frostline.freeze(model, "1.weight", rows=[0], dim=1)   # one input column frozen
+        >>> sorted(frostline.distributed.trainable_state_dict(model))
+        ['1.bias', '1.weight@rows1', '1.weight@values']
+        >>> dist.destroy_process_group()
     """
     from ..checkpoint import trainable_state_dict as local_state_dict
 

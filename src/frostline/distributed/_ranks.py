@@ -188,6 +188,14 @@ def audit_ranks(model: nn.Module, group: dist.ProcessGroup | None = None) -> Fin
 
     Raises:
         DistributedFreezeError: torch.distributed is not initialized.
+
+    Example (one process here; under torchrun every rank calls it and gets the same findings):
+        >>> import torch.nn as nn, torch.distributed as dist, frostline
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> model = frostline.freeze(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1)), "0")
+        >>> frostline.distributed.audit_ranks(model)
+        []
+        >>> dist.destroy_process_group()
     """
     from ..audit import Findings
 

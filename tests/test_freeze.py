@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from frostline import FreezeError, SelectionError, freeze, frozen_names, is_frozen, unfreeze
-from frostline.models import small_cnn, tiny_resnet
+from frostline.models import seed_cnn, small_cnn, tiny_resnet
 
 
 def test_freeze_in_place_keeps_identity_and_clears_grad():
@@ -148,3 +148,26 @@ def test_unfreezing_a_fully_frozen_root_restores_its_mode():
     assert not any(m.training for m in model.modules())
     unfreeze(model)
     assert all(m.training for m in model.modules())
+
+
+def test_compiled_model_follows_every_change_of_the_frozen_set():
+    """A compiled model re-traces when freezing changes (requires_grad, eval mode, lean forwards, a partial
+    strategy's forward): after each change it computes the gradients eager mode does, for exactly the parameters
+    that train (pytorch/pytorch#139476: stale frames after requires_grad changes)."""
+    torch.manual_seed(0)
+    eager = seed_cnn()  # no dropout: eager and compiled runs see the same computation
+    compiled_model = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_model, backend="aot_eager")
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    changes = [lambda m: m, lambda m: freeze(m, ["*", "!0", "!7"]), lambda m: unfreeze(m, "4.3"),
+               lambda m: freeze(m, "4.3.weight", rows=[0, 1]), lambda m: unfreeze(m)]
+    for change in changes:
+        change(eager), change(compiled_model)
+        for model, run in ((eager, eager), (compiled_model, compiled)):
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(run(x), y).backward()
+        grads = {n: p.grad for n, p in eager.named_parameters() if p.grad is not None}
+        assert grads.keys() == {n for n, p in compiled_model.named_parameters() if p.grad is not None}
+        for name, param in compiled_model.named_parameters():
+            if param.grad is not None:
+                torch.testing.assert_close(param.grad, grads[name], rtol=1e-4, atol=1e-5)

@@ -12,6 +12,11 @@ What cannot live on the module as a plain attribute is rebuilt from it instead:
   or unpickled);
 * tensor hooks: ``deepcopy``/``pickle`` of a Parameter drop them, so strategies reinstall theirs in
   ``__setstate__`` (and whenever they find their Parameter replaced, e.g. by ``load_state_dict(assign=True)``).
+
+Under FSDP2 (``fully_shard`` after freezing) the module's Parameters belong to FSDP: shards between steps, gathered
+copies during forward and backward. Strategies of such a module (:func:`fsdp_managed`) follow what the module holds
+instead of rebinding to it, and are found after a step through ``_FOLLOWING``; :meth:`Strategy.hold_shards` swaps
+their references to the shards so no unsharded original stays alive.
 """
 from __future__ import annotations
 

@@ -119,8 +119,9 @@ class Run:
                 "step_ms": 1000 * statistics.median(self.times)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(doc: str) -> argparse.Namespace:
+    """The options both 2-process benchmarks take (this one and fsdp.py); sets up one thread and the group."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3, help="steps per variant per round")
     parser.add_argument("--batch", type=int, default=8)
@@ -129,15 +130,26 @@ def main() -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     torch.manual_seed(0)
-    base = Classifier(load_model("minilm"))
-    runs = {name: Run(model, wrap, args.batch, args.seq) for name, model, wrap in variants(base)}
+    return args
+
+
+def interleave(runs: dict, rounds: int, steps: int) -> None:
+    """2 warm-up steps each, then ``rounds`` in which every run takes ``steps`` steps in turn, so a slow spell of
+    the machine hits every variant alike."""
     for run in runs.values():
         for _ in range(2):
             run.step(record=False)
-    for _ in range(args.rounds):  # interleaved, so a slow spell of the machine hits every variant alike
+    for _ in range(rounds):
         for run in runs.values():
-            for _ in range(args.steps):
+            for _ in range(steps):
                 run.step(record=True)
+
+
+def main() -> None:
+    args = arguments(__doc__)
+    base = Classifier(load_model("minilm"))
+    runs = {name: Run(model, wrap, args.batch, args.seq) for name, model, wrap in variants(base)}
+    interleave(runs, args.rounds, args.steps)
     results = {name: run.result() for name, run in runs.items()}
     rows = [[name, f"{got['trainable']:,}", human_bytes(got["grad_bytes"]), human_bytes(got["buffer_bytes"]),
              f"{got['step_ms']:.0f}", f"{got['step_ms'] / results['full']['step_ms']:.2f}"]

@@ -26,7 +26,6 @@ Rank 0 prints a table and writes benchmarks/results/fsdp.json and fsdp.md.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import gc
 import json
@@ -45,7 +44,8 @@ from frostline._table import human_bytes, render  # noqa: E402
 from frostline.models import load_model  # noqa: E402
 from frostline.summary import optimizer_state_bytes  # noqa: E402
 
-from distributed import NEW_TOKENS, RESULTS, Classifier  # noqa: E402  (benchmarks/distributed.py, beside this file)
+# benchmarks/distributed.py, beside this file
+from distributed import NEW_TOKENS, RESULTS, Classifier, arguments, interleave  # noqa: E402
 
 WORD_ROWS = "encoder.embeddings.word_embeddings.weight"
 SENT = {"gather": 0, "scatter": 0}
@@ -124,24 +124,10 @@ class Run:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=3, help="steps per variant per round")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=64)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    torch.manual_seed(0)
+    args = arguments(__doc__)
     base = Classifier(load_model("minilm"))
     runs = {name: Run(model, args.batch, args.seq) for name, model in variants(base)}
-    for run in runs.values():
-        for _ in range(2):
-            run.step(record=False)
-    for _ in range(args.rounds):
-        for run in runs.values():
-            for _ in range(args.steps):
-                run.step(record=True)
+    interleave(runs, args.rounds, args.steps)
     results = {name: {**run.result(), "frozen_identical": run.frozen_identical()} for name, run in runs.items()}
     full_ms = results["full"]["step_ms"]
     rows = [[name, f"{r['trainable']:,}", human_bytes(r["all_gather_bytes"]), human_bytes(r["reduce_scatter_bytes"]),

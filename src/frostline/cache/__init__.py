@@ -192,12 +192,7 @@ class FeatureCache:
 
     # -- public -----------------------------------------------------------------------------------------------------
     def __call__(self, sample_ids: Any, *args: Any, **kwargs: Any) -> Any:
-        batch, tensors, sig = _describe(args, kwargs)
-        ids = _id_list(sample_ids, batch)
-        device = tensors[0].device
-        self._revalidate(device.type)
-        hashes = self._hasher.rows(tensors, batch, zlib.crc32(sig.encode()))
-        slots = [self._store.index.get(i) for i in ids]
+        batch, sig, device, ids, hashes, slots = self._lookup(sample_ids, args, kwargs)
         plan = self._plans.get(sig)
         if plan is not None and plan.verified and None not in slots and self._modes(plan) in self._modes_ok:
             self._check_inputs(ids, slots, hashes)
@@ -352,13 +347,18 @@ class FeatureCache:
         self._modes_ok.add(self._modes(plan))
         return out
 
-    def _fill_batch(self, sample_ids: Any, args: tuple, kwargs: dict) -> int:
+    def _lookup(self, sample_ids: Any, args: tuple, kwargs: dict) -> tuple:
+        """A batch's size, input signature, device, ids, row hashes and stored slots (None: not stored), after
+        dropping everything stored if the prefix changed."""
         batch, tensors, sig = _describe(args, kwargs)
         ids = _id_list(sample_ids, batch)
         device = tensors[0].device
         self._revalidate(device.type)
         hashes = self._hasher.rows(tensors, batch, zlib.crc32(sig.encode()))
-        slots = [self._store.index.get(i) for i in ids]
+        return batch, sig, device, ids, hashes, [self._store.index.get(i) for i in ids]
+
+    def _fill_batch(self, sample_ids: Any, args: tuple, kwargs: dict) -> int:
+        batch, sig, device, ids, hashes, slots = self._lookup(sample_ids, args, kwargs)
         seen = [k for k, s in enumerate(slots) if s is not None]
         if seen:
             self._check_inputs([ids[k] for k in seen], [slots[k] for k in seen], hashes[_index(seen, hashes.device)])

@@ -73,6 +73,24 @@ def variants(base: Classifier) -> list[tuple[str, Classifier, object]]:
     return out
 
 
+def batch_ids(model: Classifier, batch: int, seq: int, generator: torch.Generator, step: int) -> torch.Tensor:
+    """Random token ids for this rank; every batch also uses one of the trainable rows."""
+    ids = torch.randint(0, model.encoder.config.vocab_size, (batch, seq), generator=generator)
+    ids[:, 1] = step % len(NEW_TOKENS)
+    return ids
+
+
+def timed_step(forward, optimizer: torch.optim.Optimizer, ids: torch.Tensor) -> float:
+    """One training step; the slower rank's seconds (the max is taken outside the timed region)."""
+    start = time.perf_counter()
+    nn.functional.cross_entropy(forward(ids), torch.zeros(len(ids), dtype=torch.long)).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    elapsed = torch.tensor([time.perf_counter() - start])
+    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+    return float(elapsed)
+
+
 class Run:
     """One variant, wrapped and instrumented: counts what DDP sends and times each step."""
 
@@ -97,18 +115,11 @@ class Run:
         return self._broadcast(tensors, buffer_size, authoritative_rank)
 
     def step(self, record: bool) -> None:
-        vocab = self.model.encoder.config.vocab_size
-        ids = torch.randint(0, vocab, (self.batch, self.seq), generator=self.generator)
-        ids[:, 1] = self.steps % len(NEW_TOKENS)  # every batch uses a trainable row
+        ids = batch_ids(self.model, self.batch, self.seq, self.generator, self.steps)
         sent = dict(self.sent)
-        start = time.perf_counter()
-        nn.functional.cross_entropy(self.wrapper(ids), torch.zeros(self.batch, dtype=torch.long)).backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        elapsed = torch.tensor([time.perf_counter() - start])
-        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # outside the timed region
+        elapsed = timed_step(self.wrapper, self.optimizer, ids)
         if record:
-            self.times.append(float(elapsed))
+            self.times.append(elapsed)
             self.steps += 1
         else:  # warm-up (DDP rebuilds its buckets after the first step): its bytes do not count
             self.sent = sent

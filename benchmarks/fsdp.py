@@ -31,12 +31,10 @@ import gc
 import json
 import os
 import statistics
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from torch import nn  # noqa: E402
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 
 import frostline  # noqa: E402
@@ -45,7 +43,9 @@ from frostline.models import load_model  # noqa: E402
 from frostline.summary import optimizer_state_bytes  # noqa: E402
 
 # benchmarks/distributed.py, beside this file
-from distributed import NEW_TOKENS, RESULTS, Classifier, arguments, interleave  # noqa: E402
+from distributed import (  # noqa: E402
+    NEW_TOKENS, RESULTS, Classifier, arguments, batch_ids, interleave, timed_step,
+)
 
 WORD_ROWS = "encoder.embeddings.word_embeddings.weight"
 SENT = {"gather": 0, "scatter": 0}
@@ -89,18 +89,11 @@ class Run:
         self.steps = 0
 
     def step(self, record: bool) -> None:
-        vocab = self.model.encoder.config.vocab_size
-        ids = torch.randint(0, vocab, (self.batch, self.seq), generator=self.generator)
-        ids[:, 1] = self.steps % len(NEW_TOKENS)  # every batch uses a trainable row
+        ids = batch_ids(self.model, self.batch, self.seq, self.generator, self.steps)
         before = dict(SENT)
-        start = time.perf_counter()
-        nn.functional.cross_entropy(self.model(ids), torch.zeros(self.batch, dtype=torch.long)).backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        elapsed = torch.tensor([time.perf_counter() - start])
-        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # outside the timed region
+        elapsed = timed_step(self.model, self.optimizer, ids)
         if record:
-            self.times.append(float(elapsed))
+            self.times.append(elapsed)
             self.steps += 1
             for key in SENT:
                 self.sent[key] += SENT[key] - before[key]

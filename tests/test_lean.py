@@ -376,3 +376,13 @@ def test_random_frozen_conv_stacks_give_exact_input_gradients(channels, out, ker
     got_out, got = _grads(lean, x, g, None, None)
     torch.testing.assert_close(got_out, want_out, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_keeps_tells_the_truth_for_batchnorm_on_batch_statistics():
+    """A frozen BatchNorm that normalises with batch statistics (no running stats, or kept in train mode) runs
+    PyTorch's forward, and explain/keeps say so instead of claiming the lean form."""
+    no_stats = freeze(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, track_running_stats=False)), lean=True)
+    in_train = freeze(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)), lean=True, eval_frozen=False).train()
+    for model in (no_stats, in_train):
+        assert keeps(model[1]).startswith("the input, as PyTorch does")
+    assert keeps(in_train.eval()[1]).startswith("nothing new")

@@ -85,3 +85,13 @@ def test_a_typo_inside_a_list_is_an_error():
     model = tiny_resnet()
     with pytest.raises(SelectionError, match="lyer1"):
         select(model, ["fc", "lyer1"])
+
+
+def test_a_module_without_parameters_is_named_as_such():
+    """Selecting a ReLU or an affine-free norm by name says it has nothing to freeze, instead of offering its own
+    name as the closest match."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, affine=False), nn.ReLU())
+    with pytest.raises(SelectionError, match=r"only modules without parameters: 1 \(BatchNorm2d\)"):
+        select(model, "1")
+    with pytest.raises(SelectionError, match=r"1 \(BatchNorm2d\), 2 \(ReLU\)"):
+        select(model, ["0", "[12]"])

@@ -138,4 +138,6 @@ def keeps(module: nn.Module) -> str | None:
     found = cover(module)
     if found is None or not module.__dict__.get(CHOICE):
         return None
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or module.running_var is None):
+        return "the input, as PyTorch does (batch statistics: the lean form serves eval-form BatchNorm only)"
     return found[1]

@@ -91,6 +91,7 @@ def test_ddp(ddp_run: tuple[int, str], scenario: str) -> None:
     "state_dict",      # trainable_state_dict gathered on rank 0, loadable into an unsharded copy
     "partial",         # delta/split/mask rows, columns, elements, token rows: exact under clipping; delta/split
                        # hold optimizer state for trainable elements only
+    "hsdp",            # the same on a 2-D (replicate x shard) mesh: shards located from the DTensor placements
 ])
 def test_fsdp2(fsdp_run: tuple[int, str], scenario: str) -> None:
     _passed(fsdp_run, scenario)

@@ -160,6 +160,37 @@ def partially_frozen() -> nn.Module:
     return model
 
 
+def hsdp() -> None:
+    """A 2-D mesh (replicate x shard, as HSDP uses): every strategy still exact, state_dict keys unchanged."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (1, dist.get_world_size()), mesh_dim_names=("replicate", "shard"))
+    model = partially_frozen()
+    reference = copy.deepcopy(model)
+    start = {n: t.clone() for n, t in reference.state_dict().items()}
+    masks = {n: get_partial(reference, n).frozen_mask() for n in PARTIAL}
+    fully_shard(model, mesh=mesh)
+    optimizer = frostline.optimizer(model, torch.optim.AdamW, lr=0.05, weight_decay=0.1, no_decay=())
+    expected = frostline.optimizer(reference, torch.optim.AdamW, lr=0.05, weight_decay=0.1, no_decay=())
+    for step in range(2):
+        ids = torch.randint(0, 10, (4, 5), generator=torch.Generator().manual_seed(step * 7 + dist.get_rank()))
+        everyone = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
+        dist.all_gather(everyone, ids)
+        model(ids).square().mean().backward()
+        sum(reference(i).square().mean() for i in everyone).div(len(everyone)).backward()
+        for opt in (optimizer, expected):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    ours = {n: t.full_tensor() if hasattr(t, "full_tensor") else t for n, t in model.state_dict().items()}
+    theirs = reference.state_dict()
+    assert sorted(ours) == sorted(start)
+    for name, mask in masks.items():
+        assert torch.equal(ours[name][mask], start[name][mask]), name
+    for name in ours:
+        assert torch.allclose(ours[name], theirs[name], rtol=1e-5, atol=1e-6), name
+    del optimizer, expected
+
+
 def partial() -> None:
     """Every strategy under fully_shard: frozen elements bit-identical to the start, training (with gradient
     clipping, which sees only trainable gradients) as the unsharded model does."""
@@ -244,5 +275,5 @@ def guard() -> None:
 
 if __name__ == "__main__":
     run({"mixed": mixed, "unfreeze_after": unfreeze_after, "state_dict": state_dict, "guard": guard,
-         "partial": partial},
+         "partial": partial, "hsdp": hsdp},
         sys.argv[1].split(",") if len(sys.argv) > 1 else [])

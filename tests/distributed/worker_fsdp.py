@@ -160,6 +160,23 @@ def partially_frozen() -> nn.Module:
     return model
 
 
+def train_tokens(model: nn.Module, reference: nn.Module, optimizers: tuple, steps: int,
+                 clip: float | None = None) -> None:
+    """Each rank its own token batch; the unsharded reference trains on the average over every rank's batch.
+    With ``clip``, gradients are clipped to that norm first (frozen gradients must not count)."""
+    for step in range(steps):
+        ids = torch.randint(0, 10, (4, 5), generator=torch.Generator().manual_seed(step * 7 + dist.get_rank()))
+        everyone = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
+        dist.all_gather(everyone, ids)
+        model(ids).square().mean().backward()
+        sum(reference(i).square().mean() for i in everyone).div(len(everyone)).backward()
+        for clipped in (model, reference) if clip is not None else ():
+            torch.nn.utils.clip_grad_norm_([p for p in clipped.parameters() if p.grad is not None], clip)
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+
 def hsdp() -> None:
     """A 2-D mesh (replicate x shard, as HSDP uses): every strategy still exact, state_dict keys unchanged."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -172,15 +189,7 @@ def hsdp() -> None:
     fully_shard(model, mesh=mesh)
     optimizer = frostline.optimizer(model, torch.optim.AdamW, lr=0.05, weight_decay=0.1, no_decay=())
     expected = frostline.optimizer(reference, torch.optim.AdamW, lr=0.05, weight_decay=0.1, no_decay=())
-    for step in range(2):
-        ids = torch.randint(0, 10, (4, 5), generator=torch.Generator().manual_seed(step * 7 + dist.get_rank()))
-        everyone = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
-        dist.all_gather(everyone, ids)
-        model(ids).square().mean().backward()
-        sum(reference(i).square().mean() for i in everyone).div(len(everyone)).backward()
-        for opt in (optimizer, expected):
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    train_tokens(model, reference, (optimizer, expected), steps=2)
     ours = {n: t.full_tensor() if hasattr(t, "full_tensor") else t for n, t in model.state_dict().items()}
     theirs = reference.state_dict()
     assert sorted(ours) == sorted(start)
@@ -207,17 +216,7 @@ def partial() -> None:
     trainable = sum(m.numel() if n in DENSE else int((~m).sum()) for n, m in masks.items()) + sum(
         p.numel() for n, p in reference.named_parameters() if p.requires_grad and n not in PARTIAL
         and "_frostline_" not in n)
-    for step in range(3):
-        ids = torch.randint(0, 10, (4, 5), generator=torch.Generator().manual_seed(step * 7 + dist.get_rank()))
-        everyone = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
-        dist.all_gather(everyone, ids)
-        model(ids).square().mean().backward()
-        sum(reference(i).square().mean() for i in everyone).div(len(everyone)).backward()
-        for clipped in (model, reference):  # a small bound, so that it bites: frozen gradients must not count
-            torch.nn.utils.clip_grad_norm_([p for p in clipped.parameters() if p.grad is not None], 0.05)
-        for opt in (optimizer, expected):
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    train_tokens(model, reference, (optimizer, expected), steps=3, clip=0.05)  # a bound that bites
     held = torch.tensor([sum(s["exp_avg"].to_local().numel() for s in optimizer.state.values())])
     dist.all_reduce(held)  # optimizer state of every rank's shards: the trainable elements, nothing more
     assert int(held) == trainable, (int(held), trainable)

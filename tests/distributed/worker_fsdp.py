@@ -22,8 +22,8 @@ from frostline.distributed import DistributedFreezeError, audit_ranks, trainable
 # Linear: FSDP2 shards each parameter on its own, so the mix needs no wrapping policy.
 FROZEN = ["blocks.0.0.weight", "blocks.1.1"]
 PARTIAL = ["embed.weight", "blocks.blocks.0.0.weight", "blocks.blocks.1.0.weight", "blocks.out.weight",
-           "blocks.blocks.0.0.bias", "blocks.blocks.1.0.bias"]
-DENSE = {"blocks.blocks.0.0.bias", "blocks.blocks.1.0.bias"}  # strategy 'mask': dense gradient and state
+           "blocks.blocks.0.0.bias", "blocks.blocks.0.1.weight", "blocks.blocks.1.0.bias"]
+DENSE = {"blocks.blocks.0.1.weight", "blocks.blocks.1.0.bias"}  # strategy 'mask': dense gradient and state
 
 
 class Blocks(nn.Module):
@@ -154,7 +154,8 @@ def partially_frozen() -> nn.Module:
     frostline.freeze(model, "blocks.blocks.0.0.weight", rows=range(12), strategy="split")  # 4 output rows train
     frostline.freeze(model, "blocks.blocks.1.0.weight", rows=range(0, 16, 2), dim=1, strategy="delta")  # columns
     frostline.freeze(model, "blocks.out.weight", mask=torch.rand(2, 16) < 0.8, strategy="delta")  # elements
-    frostline.freeze(model, "blocks.blocks.0.0.bias", rows=range(0, 16, 3), strategy="mask")  # mask: rows
+    frostline.freeze(model, "blocks.blocks.0.0.bias", rows=range(0, 16, 3), strategy="delta")  # beside split
+    frostline.freeze(model, "blocks.blocks.0.1.weight", rows=range(0, 16, 3), strategy="mask")  # mask: rows
     frostline.freeze(model, "blocks.blocks.1.0.bias", mask=torch.rand(16) < 0.5, strategy="mask")  # elements
     frostline.freeze(model, "blocks.blocks.1.1")
     return model
@@ -194,7 +195,8 @@ def hsdp() -> None:
     theirs = reference.state_dict()
     assert sorted(ours) == sorted(start)
     for name, mask in masks.items():
-        assert torch.equal(ours[name][mask], start[name][mask]), name
+        assert torch.equal(ours[name][mask], start[name][mask]), name  # frozen elements: bit-identical
+        assert not torch.equal(ours[name][~mask], start[name][~mask]), name  # trainable ones moved
     for name in ours:
         assert torch.allclose(ours[name], theirs[name], rtol=1e-5, atol=1e-6), name
     del optimizer, expected
@@ -249,16 +251,20 @@ def guard() -> None:
     """frostline.guard per rank on FSDP2 shards: quiet while frozen values hold, and names one that moved."""
     model, reference = sharded()
     optimizer = frostline.optimizer(model, torch.optim.AdamW, lr=0.05, weight_decay=0.1)
+    head = model.out.weight.full_tensor()
     with frostline.guard(model):
         train(model, reference, (optimizer,), 1)
+    assert not torch.equal(model.out.weight.full_tensor(), head)  # quiet, and not because nothing trained
     partly = partially_frozen()
     for block in partly.blocks.blocks:
         fully_shard(block)
     fully_shard(partly)
     partial_optimizer = frostline.optimizer(partly, torch.optim.AdamW, lr=0.05, weight_decay=0.1)
+    embed = get_partial(partly, "embed.weight").full()
     with frostline.guard(partly):  # partial tensors: their frozen elements, gathered (a collective)
         partly(torch.arange(10).view(2, 5)).square().mean().backward()
         partial_optimizer.step()
+    assert not torch.equal(get_partial(partly, "embed.weight").full(), embed)  # its trainable rows moved
     recorded = frostline.snapshot(model)
     if dist.get_rank() == 1:
         with torch.no_grad():

@@ -17,11 +17,15 @@ from .._state import partial_tensors
 
 
 def run(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    parts = partial_tensors(module)
-    for part in parts.values():
+    for part in partial_tensors(module).values():
         if part.module is module and getattr(part, "owns_forward", False):
             return part.forward(module, *args, **kwargs)
-    swaps = {local: part.forward_tensor() for local, part in parts.items()
+    return swapped(module, *args, **kwargs)
+
+
+def swapped(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The class forward, with every delta tensor of ``module`` swapped for its gradient-routing tensor."""
+    swaps = {local: part.forward_tensor() for local, part in partial_tensors(module).items()
              if part.module is module and part.needs_forward}
     saved = {local: module._parameters[local] for local in swaps}
     module._parameters.update(swaps)

@@ -46,13 +46,8 @@ class Split(Delta):
         self.owns_forward = True
 
     def forward(self, module: nn.Module, x: Tensor) -> Tensor:
-        if self.follows_module():  # FSDP2's gathered copies: delta's merged weight, through the module's own op
-            saved = module._parameters["weight"]
-            module._parameters["weight"] = self.forward_tensor()
-            try:
-                return type(module).forward(module, x)
-            finally:
-                module._parameters["weight"] = saved
+        if self.follows_module():  # FSDP2's gathered copies: delta's merged tensors, through the module's own op
+            return _forward.swapped(module, x)
         bias = _forward.tensor(module, "bias")
         grads = torch.is_grad_enabled() and (x.requires_grad or self.trainable.requires_grad
                                              or (bias is not None and bias.requires_grad))

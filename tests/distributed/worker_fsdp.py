@@ -16,6 +16,7 @@ from torch.distributed.fsdp import fully_shard
 import frostline
 from common import rank_batch, run
 from frostline._state import get_partial
+from frostline.partial._base import _FOLLOWING
 from frostline.distributed import DistributedFreezeError, audit_ranks, trainable_state_dict
 
 # One shard group holds a frozen weight beside its trainable bias, another a frozen LayerNorm beside a trainable
@@ -225,6 +226,7 @@ def partial() -> None:
     for name in PARTIAL:  # no strategy keeps the unsharded original alive (a full copy on every rank)
         part = get_partial(model, name)
         assert all(hasattr(t, "to_local") for t in (part.param, *part.trainable_parameters())), name
+        assert part not in _FOLLOWING, name  # found by its shards from now on: the step hook scans nothing
     state = model.state_dict()  # a collective: delta writes its trainable values into the base shards first
     ours = {n: t.full_tensor() if hasattr(t, "full_tensor") else t for n, t in state.items()}
     assert sorted(ours) == sorted(start), sorted(set(ours) ^ set(start))  # the original keys, nothing added

@@ -148,14 +148,21 @@ class Strategy:
         self._bind()
         self._activate()
 
+    def follow(self) -> None:
+        """Under FSDP2, until this strategy holds FSDP's shards: have the next optimizer step look for it."""
+        if not is_dtensor(self.param):
+            _FOLLOWING.add(self)
+
     def hold_shards(self) -> None:
         """Under FSDP2, refer to FSDP's shards instead of the unsharded originals (which would keep a full copy of
-        the tensor alive on every rank), and find this strategy by them after an optimizer step."""
-        if not is_dtensor(self.module._parameters.get(self.local)):
+        the tensor alive on every rank); from then on an optimizer step finds this strategy by them (``_ACTIVE``)."""
+        current = self.module._parameters.get(self.local)
+        if current is self.param or not is_dtensor(current):
             return
         self._deactivate()
         self._bind_shards()
         self._activate()
+        _FOLLOWING.discard(self)
 
     def _bind_shards(self) -> None:
         self.param = self.module._parameters[self.local]

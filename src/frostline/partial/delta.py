@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._base import _FOLLOWING, Strategy, _put, _take, fsdp_managed, gathered, is_dtensor
+from ._base import Strategy, _put, _take, fsdp_managed, gathered, is_dtensor
 from ._forward import foreign_forward
 from ._layout import Layout
 
@@ -80,7 +80,7 @@ class Delta(Strategy):
     def check(self) -> None:
         if self.follows_module():
             if fsdp_managed(self.module):
-                _FOLLOWING.add(self)  # after a step: let go of the unsharded originals (hold_shards)
+                self.follow()  # after a step: let go of the unsharded originals (hold_shards)
             return  # no version bookkeeping and no collectives in the step path
         if self.module._parameters.get(self._name("trainable")) is not self.trainable:
             self._rebind()

@@ -24,7 +24,7 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-from ._base import _FOLLOWING, Strategy, fsdp_managed, gathered, is_dtensor
+from ._base import Strategy, fsdp_managed, gathered, is_dtensor
 from ._layout import Layout
 
 
@@ -56,7 +56,7 @@ class Mask(Strategy):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         if fsdp_managed(self.module):
-            _FOLLOWING.add(self)
+            self.follow()
             self.hold_shards()
             return [self.module._parameters[self.local]]
         return [self.param]
@@ -67,7 +67,7 @@ class Mask(Strategy):
     def check(self) -> None:
         if not fsdp_managed(self.module):
             return super().check()
-        _FOLLOWING.add(self)  # the optimizer steps FSDP's shard of the tensor: found on the module after a step
+        self.follow()  # the optimizer steps FSDP's shard of the tensor: found on the module after a step
         current = self.module._parameters.get(self.local)
         if current is not None and not is_dtensor(current):
             self._hook(current)  # FSDP's gathered Parameter, reused every step: hooked once

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from ._state import get_partial, named_logical_parameters, partial_tensors
 from ._table import human_bytes, render
 from .errors import FrozenParameterChanged
+from .partial._base import is_dtensor
 
 __all__ = ["snapshot", "Snapshot", "guard", "Change"]
 
@@ -241,7 +242,7 @@ def _message(changes: list[Change]) -> str:
 
 def _local(tensor: Tensor) -> Tensor:
     """This rank's shard of an FSDP2 (DTensor) parameter; any other tensor as it is."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return tensor.to_local() if is_dtensor(tensor) else tensor
 
 
 def _records(model: nn.Module) -> dict[str, tuple[Literal["param", "buffer"], Tensor, Tensor | None]]:

@@ -12,7 +12,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .._state import partial_tensors
 from ._ranks import _disagreement, _frozen_states, _gather, _ranks
-from ._wrap import DistributedFreezeError, _is_dtensor, _require_process_group
+from ..partial._base import is_dtensor
+from ._wrap import DistributedFreezeError, _require_process_group
 
 _IGNORE = "_ddp_params_and_buffers_to_ignore"  # the module attribute DDP's constructor reads (and only it)
 
@@ -124,7 +125,7 @@ def trainable_state_dict(model: nn.Module, *, buffers: bool = True, rank: int = 
     mine = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == rank
     out = {}
     for key, value in local_state_dict(model, buffers=buffers).items():
-        if _is_dtensor(value):
+        if is_dtensor(value):
             value = value.full_tensor()  # an all-gather over the tensor's mesh: every rank, in the same order
         if mine:
             out[key] = value.detach().to("cpu") if cpu_offload else value.detach()

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .._state import get_partial, named_logical_parameters
-from ._wrap import _is_dtensor, _require_process_group, _wrappers_of
+from ..partial._base import is_dtensor
+from ._wrap import _require_process_group, _wrappers_of
 
 if TYPE_CHECKING:
     from ..audit import Finding, Findings
@@ -67,7 +68,7 @@ def _frozen_states(model: nn.Module) -> dict[str, str]:
 
 def _value_prints(model: nn.Module) -> dict[str, str]:
     """Fingerprints of the replicated (not sharded) logical parameters' values."""
-    named = [(n, t, get_partial(model, n)) for n, t in named_logical_parameters(model) if not _is_dtensor(t)]
+    named = [(n, t, get_partial(model, n)) for n, t in named_logical_parameters(model) if not is_dtensor(t)]
     return dict(zip([n for n, _, _ in named], _prints([p.full() if p is not None else t for _, t, p in named])))
 
 

@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .._state import PartialTensor, get_partial, named_logical_parameters, partial_tensors
 from ..errors import FreezeError
+from ..partial._base import is_dtensor
 
 
 class DistributedFreezeError(FreezeError):
@@ -48,17 +49,9 @@ def _live_wrappers() -> list[tuple[DistributedDataParallel, dict[int, str]]]:
     return [(w, b) for w, b in list(_BUCKETED.items()) if w.__dict__.get("reducer") is not None]
 
 
-def _is_dtensor(tensor: Tensor) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a torch build without distributed support
-        return False
-    return isinstance(tensor, DTensor)
-
-
 def _sharded(model: nn.Module, name: str, tensors: list[Tensor]) -> bool:
     """Whether FSDP2 manages ``name``: its tensors are DTensors, or ``fully_shard`` was applied above it."""
-    if any(_is_dtensor(t) for t in tensors):
+    if any(is_dtensor(t) for t in tensors):
         return True
     try:
         from torch.distributed.fsdp import FSDPModule

@@ -96,6 +96,11 @@ def _match(universe: _Universe, spec) -> set[int]:
             raise SelectionError(f"exclusion {spec!r} needs a list beside what it excludes from, e.g. ['*', {spec!r}]")
         hit = _by_name(universe, lambda name: fnmatch.fnmatchcase(name, spec))
         what = f"pattern {spec!r}"
+        empty = [] if hit else [f"{n} ({type(m).__name__})" for n, m in universe.model.named_modules()
+                                if n and fnmatch.fnmatchcase(n, spec) and not any(True for _ in m.parameters())]
+        if empty:
+            raise SelectionError(f"{what} matches only modules without parameters: {', '.join(empty[:5])}; "
+                                 "there is nothing to freeze there (buffers of frozen norms are handled with them)")
     elif isinstance(spec, re.Pattern):
         hit = _by_name(universe, lambda name: spec.fullmatch(name) is not None)
         what, spec = f"regex {spec.pattern!r}", spec.pattern
@@ -129,11 +134,6 @@ def _match(universe: _Universe, spec) -> set[int]:
         raise SelectionError(f"cannot select with a {type(spec).__name__}; use a glob string, a list of them, a "
                              "compiled regex, a module class, a module, a parameter or a (name, param) -> bool callable")
     if not hit:
-        empty = [f"{n} ({type(m).__name__})" for n, m in universe.model.named_modules()
-                 if n and fnmatch.fnmatchcase(n, spec) and not any(True for _ in m.parameters())]
-        if empty and isinstance(what, str) and what.startswith("pattern"):
-            raise SelectionError(f"{what} matches only modules without parameters: {', '.join(empty[:5])}; "
-                                 "there is nothing to freeze there (buffers of frozen norms are handled with them)")
         raise SelectionError(f"{what} matches no parameter; closest names: {', '.join(universe.closest(spec))}")
     return hit
 

@@ -24,7 +24,6 @@ interface (:class:`frostline.partial._base.Strategy`), one registry:
 
 from __future__ import annotations
 
-
 from torch import Tensor, nn
 
 from .._state import PARTIAL_ATTR, get_partial, partial_tensors

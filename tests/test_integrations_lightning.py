@@ -134,6 +134,8 @@ def test_autofreeze_reads_gradients_inside_lightning(small_encoder, batches):
 def test_a_bare_spec_stays_frozen(small_encoder, batches):
     module = Classifier(small_encoder)
     before = copy.deepcopy(module.encoder.embeddings.state_dict())
+    head = module.head.weight.detach().clone()
     fit(module, batches, "encoder.embeddings", epochs=1)
     assert all(f == [0] for f in module.frozen_at.values())
     assert all(torch.equal(before[k], v) for k, v in module.encoder.embeddings.state_dict().items())
+    assert not torch.equal(module.head.weight, head)  # the rest trained

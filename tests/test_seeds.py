@@ -109,8 +109,10 @@ def test_002_mode_1_requires_grad_off_but_everything_in_the_optimizer():
     assert codes(found) == [("frozen-in-optimizer", "info")]  # harmless with plain SGD, but it holds them
     sync(optimizer, model)
     assert audit(model, optimizer) == []
+    head = model.fc2.weight.detach().clone()
     with guard(model):
         seed_002_loop(model, optimizer)
+    assert not torch.equal(model.fc2.weight, head)  # fc1 held, fc2 trained
 
 
 def test_002_mode_2_optimizer_filtering_alone_leaves_fc1_computing_gradients():

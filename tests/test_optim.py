@@ -2,6 +2,7 @@
 
 import copy
 import io
+import re
 
 import pytest
 import torch
@@ -308,10 +309,11 @@ def test_sync_follows_partial_freezing_there_and_back(strategy, name):
     assert held == {id(p) for p in model.parameters() if p.requires_grad}
     if strategy == "mask":  # the Parameter keeps training; its frozen rows are restored after each step
         assert not report
-    else:  # the Parameter stops requiring grad; a new Parameter of its trainable rows takes its place
-        assert report.removed == report.state_freed == ["0.weight"] and weight not in opt.state
+    else:  # the Parameter stops requiring grad; a new Parameter of its trainable rows takes its place, and state
         [(internal, group)] = report.added.items()
         assert internal.startswith("0._frostline_") and group == "decay"
+        assert report.removed == ["0.weight"] and weight not in opt.state and not report.state_freed
+        assert report.state_kept == {"0.weight": internal}  # of the rows that train on
     before = model.state_dict()["0.weight"].clone()
     with guard(model):
         train(model, opt, steps=2, set_to_none=False)
@@ -325,3 +327,108 @@ def test_sync_follows_partial_freezing_there_and_back(strategy, name):
     assert not sync(opt, model)
     opt.load_state_dict(opt.state_dict())
     train(model, opt, steps=1)
+
+
+@pytest.mark.parametrize("value", [1.5, 0.0, -0.5, True, "0.75"])
+def test_first_hour_layer_decay_outside_0_1_is_an_error(value):
+    with pytest.raises(ValueError, match=rf"layer_decay must be a number in \(0, 1\] .* got {re.escape(repr(value))}"):
+        param_groups(tiny_resnet(), lr=0.1, layer_decay=value)
+    assert {g["lr"] for g in param_groups(tiny_resnet(), lr=0.1, layer_decay=1)} == {0.1}  # 1 is allowed: no decay
+
+
+def test_first_hour_an_optimizer_instance_instead_of_its_class():
+    model = small_cnn()
+    with pytest.raises(TypeError, match=r"pass the optimizer class, e\.g\. torch\.optim\.AdamW.*got an instance of "
+                                        r"AdamW.*frostline\.sync\(optimizer, model\)"):
+        frostline.optimizer(model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    with pytest.raises(TypeError, match=r"pass the optimizer class, e\.g\. torch\.optim\.AdamW.*got 'adamw'"):
+        frostline.optimizer(model, "adamw", lr=1e-3)
+
+
+def test_first_hour_weight_decay_defaults_to_the_optimizer_classes_own():
+    model = freeze(small_cnn(), "features")
+    adamw = frostline.optimizer(model, torch.optim.AdamW, lr=1e-3)  # AdamW's own default: 0.01
+    assert {g["name"]: g["weight_decay"] for g in adamw.param_groups} == {"decay": 0.01, "no_decay": 0.0}
+    sgd = frostline.optimizer(model, torch.optim.SGD, lr=0.1)  # SGD's: 0
+    assert [(g["name"], g["weight_decay"]) for g in sgd.param_groups] == [("default", 0.0)]
+    given = frostline.optimizer(model, torch.optim.AdamW, lr=1e-3, weight_decay=0.0)  # given wins
+    assert [(g["name"], g["weight_decay"]) for g in given.param_groups] == [("default", 0.0)]
+    lean = frostline.optimizer(model, torch.optim.SparseAdam, lr=1e-3)  # no weight_decay at all: none is passed
+    assert [g["name"] for g in lean.param_groups] == ["default"]
+    lr = frostline.optimizer(model, torch.optim.Adam)  # lr too comes from the class unless given
+    assert lr.param_groups[0]["lr"] == 1e-3
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model(torch.randn(4, 3, 8, 8)).sum().backward()
+    adamw.step()
+    for name, param in model.named_parameters():
+        assert torch.equal(param.detach(), before[name]) is name.startswith("features."), name
+
+
+def _rows_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+
+
+@pytest.mark.parametrize("strategy", ["delta", "split"])
+@pytest.mark.parametrize("name, make", [
+    ("adamw", lambda ps: torch.optim.AdamW(ps, lr=0.05, weight_decay=0.1, amsgrad=True)),
+    ("sgd-momentum", lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9)),
+    ("rprop", lambda ps: torch.optim.Rprop(ps, lr=0.01)),  # fresh state is not zeros: step_size starts at lr
+])
+def test_silent_03_sync_after_a_partial_change_keeps_the_state_of_rows_that_stay_trainable(strategy, name, make):
+    """Compared with mask, which keeps one dense state: rows that train on keep their state, rows frozen from the
+    start that begin to train start from the state an element that only ever saw zero gradients has."""
+    model, reference = _rows_net(), _rows_net()
+    freeze(model, "0.weight", rows=[0, 1], strategy=strategy)
+    freeze(reference, "0.weight", rows=[0, 1], strategy="mask")
+    opt, ref_opt = make([p for p in model.parameters() if p.requires_grad]), make(list(reference.parameters()))
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(6)]
+
+    def steps(k):
+        for net, optim in ((model, opt), (reference, ref_opt)):
+            for x, y in batches[k:k + 2]:
+                optim.zero_grad()
+                F.cross_entropy(net(x), y).backward()
+                optim.step()
+
+    steps(0)
+    freeze(model, "0.weight", rows=[2])  # a partial tensor keeps its strategy
+    freeze(reference, "0.weight", rows=[2])
+    report = sync(opt, model)
+    [internal] = frostline.partial.get_partial(model, "0.weight").trainable_parameters()
+    assert report.state_kept == {"0.weight": "0._frostline_trainable_weight"}  # a plain optimizer: no names
+    assert not report.state_freed and set(opt.state[internal]) == set(ref_opt.state[reference[0].weight])
+    ref_state = ref_opt.state[reference[0].weight]
+    for key, value in opt.state[internal].items():
+        expected = ref_state[key][3:] if value.dim() else ref_state[key]
+        assert torch.equal(value, expected), key
+    before = model[0].weight.detach().clone()
+    steps(2)
+    assert torch.equal(model[0].weight[:3], before[:3]) and not torch.equal(model[0].weight[3:], before[3:])
+    unfreeze(model, "0.weight", rows=[0])  # row 0 was frozen from the start
+    unfreeze(reference, "0.weight", rows=[0])
+    sync(opt, model)
+    steps(4)
+    torch.testing.assert_close(model.state_dict(), reference.state_dict(), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(model[0].weight[0], before[0])
+
+
+@pytest.mark.parametrize("strategy", ["delta", "split"])
+def test_silent_03_whole_to_partial_and_back_keeps_the_state_of_what_trains_throughout(strategy):
+    model = _rows_net()
+    opt = frostline.optimizer(model, torch.optim.AdamW, lr=0.05, weight_decay=0.1)
+    weight = model[0].weight
+    F.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 3, (8,))).backward()
+    opt.step()
+    moments = opt.state[weight]["exp_avg"].clone()
+    freeze(model, "0.weight", rows=[0, 1], strategy=strategy)
+    report = sync(opt, model)
+    [internal] = frostline.partial.get_partial(model, "0.weight").trainable_parameters()
+    assert report.removed == ["0.weight"] and report.state_kept == {"0.weight": "0._frostline_trainable_weight"}
+    assert weight not in opt.state and torch.equal(opt.state[internal]["exp_avg"], moments[2:])
+    assert "kept the state of 1" in str(report)
+    report = sync(opt, unfreeze(model, "0.weight"))
+    assert report.state_kept == {"0._frostline_trainable_weight": "0.weight"}
+    assert torch.equal(opt.state[weight]["exp_avg"][2:], moments[2:])
+    assert torch.equal(opt.state[weight]["exp_avg"][:2], torch.zeros(2, 4))  # frozen meanwhile: freed, fresh again

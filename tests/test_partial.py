@@ -412,3 +412,244 @@ def test_a_parameter_put_in_place_is_adopted_with_its_values(strategy):
     _steps(model, torch.optim.AdamW(_trainable(model), lr=0.1, weight_decay=0.1), *CNN_BATCH)
     _check(model, "0.weight", before)
     assert model[0].weight is replacement
+
+
+# -- nothing silent (issue 13): optimizers, accumulation and writes across partial-freeze changes -----------------
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+
+
+MLP_BATCHES = [(torch.randn(5, 4, generator=torch.Generator().manual_seed(s)),
+                torch.randint(0, 3, (5,), generator=torch.Generator().manual_seed(s + 50))) for s in range(4)]
+
+
+def _loss(model, k):
+    x, y = MLP_BATCHES[k]
+    return F.cross_entropy(model(x), y)
+
+
+@pytest.mark.parametrize("strategy", ["auto", *STRATS])
+def test_silent_01_an_optimizer_built_before_a_partial_freeze_trains_it_or_refuses_to_step(strategy):
+    model, reference = _mlp(), _mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)  # built before freezing: it holds the original Parameter
+    frostline.freeze(model, "0.weight", rows=[0, 1, 2], strategy=strategy)
+    frostline.freeze(reference, "0.weight", rows=[0, 1, 2], strategy=strategy)
+    ref_opt = torch.optim.AdamW(_trainable(reference), lr=0.1)  # built after: what training must equal
+    before = _snap(model)
+    _loss(model, 0).backward()
+    if get_partial(model, "0.weight").strategy == "mask":  # the Parameter keeps training in place
+        opt.step()
+    else:  # its trainable rows live in a Parameter the optimizer does not hold: refuse, before anything moves
+        with pytest.raises(frostline.FrostlineError, match=r"0\.weight.*frostline\.sync\(optimizer, model\)"):
+            opt.step()
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "a refused step moved"
+        frostline.sync(opt, model)
+        opt.step()  # the gradient of the refused step is still there
+    for k in range(1, 3):
+        opt.zero_grad()
+        _loss(model, k).backward()
+        opt.step()
+    for k in range(3):
+        ref_opt.zero_grad()
+        _loss(reference, k).backward()
+        ref_opt.step()
+    _check(model, "0.weight", before)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize("strategy", ["delta", "split"])
+@pytest.mark.parametrize("change", ["freeze-more", "unfreeze-some", "unfreeze-all", "from-whole-frozen"])
+def test_silent_01_rows_changed_without_sync_refuse_the_step_until_synced(strategy, change):
+    model = _mlp()
+    if change == "from-whole-frozen":
+        frostline.freeze(model, "0.weight")
+    else:
+        frostline.freeze(model, "0.weight", rows=[0, 1], strategy=strategy)
+    # with the frozen original when it is frozen whole (legal: it gets no gradient); without it otherwise, since an
+    # optimizer holding it trains it once it is whole again
+    opt = torch.optim.SGD(model.parameters() if change == "from-whole-frozen" else _trainable(model), lr=0.5)
+    head_opt = torch.optim.SGD(model[2].parameters(), lr=0.5)  # holds nothing of 0.weight: never bothered
+    _loss(model, 0).backward()
+    opt.step()
+    head_opt.step()
+    if change == "freeze-more":
+        frostline.freeze(model, "0.weight", rows=[2], strategy=strategy)
+    elif change == "unfreeze-some":
+        frostline.unfreeze(model, "0.weight", rows=[1])
+    elif change == "unfreeze-all":
+        frostline.unfreeze(model, "0.weight")
+    else:
+        frostline.unfreeze(model, "0.weight", rows=[3, 4, 5])
+        frostline.freeze(model, "0.weight", rows=[0], strategy=strategy)
+    before = _snap(model)
+    opt.zero_grad()
+    _loss(model, 1).backward()
+    with pytest.raises(frostline.FrostlineError, match=r"0\.weight.*frostline\.sync\(optimizer, model\)"):
+        opt.step()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "a refused step moved"
+    head_opt.step()  # an optimizer that holds nothing of it steps as always
+    assert not torch.equal(model[2].weight, before["2.weight"])
+    frostline.sync(opt, model)
+    opt.step()
+    trains = ~get_partial(model, "0.weight").frozen_mask() if change != "unfreeze-all" else torch.ones(6, 4).bool()
+    now = model.state_dict()["0.weight"]
+    assert torch.equal(now[~trains], before["0.weight"][~trains])
+    assert (now != before["0.weight"])[trains].any(), "nothing of 0.weight trained after sync"
+
+
+def _masked_grads(model, k, frozen):
+    """The gradient of micro-batch ``k`` on a plain model, zero where ``frozen`` (the layout at that time)."""
+    (grad,) = torch.autograd.grad(_loss(model, k), [model[0].weight])
+    return grad.masked_fill(frozen, 0)
+
+
+def _row_mask(rows):
+    frozen = torch.zeros(6, 4, dtype=torch.bool)
+    frozen[rows] = True
+    return frozen
+
+
+@pytest.mark.parametrize("strategy", STRATS)
+@pytest.mark.parametrize("first, change", [
+    (None, ("freeze", [0, 1])),  # whole -> partial
+    ([0, 1], ("freeze", [2, 3])),  # partial -> more frozen
+    ([0, 1, 2], ("unfreeze", [1])),  # partial -> less frozen
+    ([0, 1], ("unfreeze", [0, 1])),  # partial -> whole
+], ids=["whole-to-partial", "freeze-more", "unfreeze-some", "unfreeze-all"])
+def test_silent_02_gradient_accumulation_across_a_partial_freeze_change_keeps_micro_batch_1(strategy, first, change):
+    model, plain = _mlp(), _mlp()
+    if first is not None:
+        frostline.freeze(model, "0.weight", rows=first, strategy=strategy)
+    opt = torch.optim.SGD(_trainable(model), lr=0.5)
+    start = model[0].weight.detach().clone()
+    frozen_1 = _row_mask(first or [])
+    _loss(model, 0).backward()  # micro-batch 1
+    verb, rows = change
+    getattr(frostline, verb)(model, "0.weight", rows=rows, **({"strategy": strategy} if verb == "freeze" else {}))
+    frostline.sync(opt, model)
+    part = get_partial(model, "0.weight")
+    frozen_2 = part.frozen_mask() if part is not None else torch.zeros(6, 4, dtype=torch.bool)
+    _loss(model, 1).backward()  # micro-batch 2
+    opt.step()
+    expected = start - 0.5 * (_masked_grads(plain, 0, frozen_1 | frozen_2) + _masked_grads(plain, 1, frozen_2))
+    now = model[0].weight.detach()
+    assert torch.equal(now[frozen_2], start[frozen_2])
+    assert not torch.equal(now[~frozen_2], start[~frozen_2])
+    torch.testing.assert_close(now, expected, rtol=1e-5, atol=1e-6)
+
+
+WRITES = {
+    "nn.init.zeros_": lambda w: nn.init.zeros_(w),
+    ".data.copy_": lambda w: w.data.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(7))),
+    "no_grad-mul_": lambda w: _no_grad(w.mul_, 0.5),
+}
+
+
+def _no_grad(fn, *args):
+    with torch.no_grad():
+        return fn(*args)
+
+
+@pytest.mark.parametrize("strategy", STRATS)
+@pytest.mark.parametrize("write", WRITES)
+def test_silent_04_in_place_writes_to_a_partially_frozen_weight_take_effect(strategy, write):
+    model = _mlp()
+    frostline.freeze(model, "0.weight", rows=[1, 4], strategy=strategy)
+    frozen = get_partial(model, "0.weight").frozen_mask()
+    opt = torch.optim.SGD(_trainable(model), lr=0.5)
+    _loss(model, 0).backward()
+    opt.step()  # some history: the trainable storage is ahead of the original values
+    WRITES[write](model[0].weight)
+    written = model[0].weight.detach().clone()
+    assert torch.equal(model.state_dict()["0.weight"], written)  # the visible Parameter is the truth
+    assert torch.equal(frostline.partial.get_partial(model, "0.weight").full(), written)
+    plain = _mlp()
+    plain.load_state_dict(model.state_dict())
+    assert torch.equal(model(MLP_BATCHES[1][0]), plain(MLP_BATCHES[1][0]))  # the forward uses the written values
+    opt.zero_grad()
+    _loss(model, 1).backward()
+    opt.step()
+    (grad,) = torch.autograd.grad(_loss(plain, 1), [plain[0].weight])
+    now = model[0].weight.detach()
+    assert torch.equal(now[frozen], written[frozen]), "the write to frozen elements was undone"
+    assert not torch.equal(now[~frozen], written[~frozen])
+    torch.testing.assert_close(now[~frozen], (written - 0.5 * grad)[~frozen], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.state_dict()["0.weight"], now, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("strategy", STRATS)
+def test_silent_04_a_live_guard_reports_a_write_to_frozen_elements(strategy):
+    model = _mlp()
+    frostline.freeze(model, "0.weight", rows=[1, 4], strategy=strategy)
+    opt = torch.optim.AdamW(_trainable(model), lr=0.1)
+    before = _snap(model)
+    with pytest.raises(frostline.FrozenParameterChanged, match="0.weight"):
+        with frostline.guard(model):
+            nn.init.ones_(model[0].weight)
+            for k in range(2):
+                opt.zero_grad()
+                _loss(model, k).backward()
+                opt.step()
+    now = model.state_dict()["0.weight"]
+    assert torch.equal(now[[1, 4]], torch.ones(2, 4))  # the frozen rows hold what was written
+    assert not torch.equal(now[[0, 2, 3, 5]], torch.ones(4, 4))  # and the rest trained from it
+    assert not torch.equal(now, before["0.weight"])
+
+
+def _sparse_reference_grad(weight, frozen_rows):
+    """A plain sparse Embedding's gradient without the frozen rows (what must reach the trainable rows)."""
+    grad = weight.grad.coalesce()
+    keep = ~torch.isin(grad.indices()[0], torch.tensor(frozen_rows))
+    weight.grad = torch.sparse_coo_tensor(grad.indices()[:, keep], grad.values()[keep], grad.shape,
+                                          check_invariants=True)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "delta"])
+def test_silent_sparse_embedding_rows_train_with_sparse_adam(strategy):
+    torch.manual_seed(0)
+    emb = nn.Embedding(12, 4, padding_idx=3, sparse=True)
+    plain = copy.deepcopy(emb)
+    frozen_rows = [0, 1, 2, 5, 7]
+    frostline.freeze(emb, "weight", rows=frozen_rows, strategy=strategy)
+    assert get_partial(emb, "weight").strategy == "delta"
+    opt = torch.optim.SparseAdam(_trainable(emb), lr=0.1)
+    ref_opt = torch.optim.SparseAdam(plain.parameters(), lr=0.1)
+    before = emb.weight.detach().clone()
+    g = torch.Generator().manual_seed(11)
+    for _ in range(3):
+        ids = torch.randint(0, 12, (6, 5), generator=g)
+        targets = torch.randn(6, 5, 4, generator=g)
+        for module, optim in ((emb, opt), (plain, ref_opt)):
+            optim.zero_grad()
+            (module(ids) - targets).square().mean().backward()
+            if module is plain:
+                _sparse_reference_grad(plain.weight, frozen_rows)
+            else:
+                (trainable,) = get_partial(emb, "weight").trainable_parameters()
+                assert trainable.grad.is_sparse
+            optim.step()
+    now = emb.weight.detach()
+    assert torch.equal(now[frozen_rows], before[frozen_rows])
+    assert torch.equal(now[3], before[3])  # the padding row trains but gets no gradient, as in the plain module
+    assert not torch.equal(now[[4, 6, 8]], before[[4, 6, 8]])
+    torch.testing.assert_close(now, plain.weight.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_silent_sparse_embedding_columns_train_and_single_elements_are_refused_with_advice():
+    emb = nn.Embedding(12, 4, sparse=True)
+    frostline.freeze(emb, "weight", rows=[0, 2], dim=1)
+    opt = torch.optim.SparseAdam(_trainable(emb), lr=0.1)
+    before = emb.weight.detach().clone()
+    for _ in range(2):
+        opt.zero_grad()
+        emb(torch.tensor([[1, 4, 5]])).square().sum().backward()
+        opt.step()
+    now = emb.weight.detach()
+    assert torch.equal(now[:, [0, 2]], before[:, [0, 2]]) and not torch.equal(now[:, [1, 3]], before[:, [1, 3]])
+    mask = torch.zeros(12, 4, dtype=torch.bool)
+    mask[0, 0] = True
+    for strategy in ("auto", "delta", "mask"):
+        with pytest.raises(FreezeError, match=r"sparse=True.*rows=.*sparse=False"):
+            frostline.freeze(nn.Embedding(12, 4, sparse=True), "weight", mask=mask, strategy=strategy)

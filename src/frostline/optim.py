@@ -29,6 +29,7 @@ from torch import nn
 
 from ._state import get_partial, named_logical_parameters
 from ._table import human_bytes
+from .partial._carry import carried_state, storing
 from .errors import FrostlineError
 from .groups import layer_groups
 from .select import Spec, select
@@ -117,8 +118,10 @@ def _rule(lr: float, weight_decay: float, no_decay: Sequence[str], layer_decay: 
             raise ValueError(f"{label} must be a number >= 0, got {value!r}")
     if isinstance(no_decay, str) or not all(isinstance(p, str) for p in no_decay):
         raise TypeError(f"no_decay must be a sequence of name patterns, e.g. ('bias', 'norm'), got {no_decay!r}")
-    if layer_decay is not None and not (isinstance(layer_decay, (int, float)) and layer_decay > 0):
-        raise ValueError(f"layer_decay must be a number > 0 (timm/BEiT use 0.65-0.75) or None, got {layer_decay!r}")
+    if layer_decay is not None and (isinstance(layer_decay, bool) or not isinstance(layer_decay, (int, float))
+                                    or not 0 < layer_decay <= 1):
+        raise ValueError(f"layer_decay must be a number in (0, 1] (timm/BEiT use 0.65-0.75; 1 means no decay) or "
+                         f"None, got {layer_decay!r}")
     for spec, factor in (lr_mult or {}).items():
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 0:
             raise ValueError(f"lr_mult[{spec!r}] must be a number >= 0 (the factor on lr), got {factor!r}")
@@ -168,17 +171,20 @@ def _build(rule: _Rule, model: nn.Module) -> list[dict[str, Any]]:
     return list(groups.values())
 
 
-def optimizer(model: nn.Module, optimizer_cls: type[torch.optim.Optimizer], lr: float, weight_decay: float = 0.0,
-              no_decay: Sequence[str] = ("bias", "norm"), layer_decay: float | None = None,
-              lr_mult: Mapping[Spec, float] | None = None, **kwargs: Any) -> torch.optim.Optimizer:
+def optimizer(model: nn.Module, optimizer_cls: type[torch.optim.Optimizer], lr: float | None = None,
+              weight_decay: float | None = None, no_decay: Sequence[str] = ("bias", "norm"),
+              layer_decay: float | None = None, lr_mult: Mapping[Spec, float] | None = None,
+              **kwargs: Any) -> torch.optim.Optimizer:
     """Build ``optimizer_cls`` over :func:`param_groups` (same arguments); ``kwargs`` go to the optimizer.
 
-    The optimizer remembers the grouping, so :func:`sync` puts parameters that start training later into the
-    group this rule gives them (creating it if needed).
+    ``lr`` and ``weight_decay`` default to the class's own defaults (AdamW: 1e-3 and 0.01, SGD: 1e-3 and 0); a
+    class without weight decay gets none. The optimizer remembers the grouping, so :func:`sync` puts parameters
+    that start training later into the group this rule gives them (creating it if needed).
 
     Raises:
         FrostlineError: every parameter is frozen, so there is nothing to optimize.
-        TypeError: ``weight_decay > 0`` for an optimizer class that has no weight decay.
+        TypeError: ``optimizer_cls`` is an optimizer instance (or not callable) instead of a class; ``lr`` is
+            missing for a class without a default one; ``weight_decay > 0`` for a class that has no weight decay.
 
     Example:
         >>> import torch, torch.nn as nn, frostline
@@ -187,13 +193,26 @@ def optimizer(model: nn.Module, optimizer_cls: type[torch.optim.Optimizer], lr: 
         >>> opt.param_groups[0]["param_names"]
         ['1.weight', '1.bias']
     """
+    if isinstance(optimizer_cls, torch.optim.Optimizer) or not callable(optimizer_cls):
+        given = (f"an instance of {type(optimizer_cls).__name__}" if isinstance(optimizer_cls, torch.optim.Optimizer)
+                 else repr(optimizer_cls))
+        raise TypeError("frostline.optimizer builds the optimizer itself, over the trainable parameters only: pass "
+                        f"the optimizer class, e.g. torch.optim.AdamW (got {given}); to keep an optimizer you built, "
+                        "call frostline.sync(optimizer, model) after each freeze instead")
+    cls_name = getattr(optimizer_cls, "__name__", repr(optimizer_cls))
+    if lr is None:
+        lr = _default(optimizer_cls, "lr")
+        if lr is None:
+            raise TypeError(f"{cls_name} has no default learning rate; pass lr=...")
+    if weight_decay is None:  # the class's own default, so frostline.optimizer(m, AdamW) decays as AdamW(...) does
+        weight_decay = _default(optimizer_cls, "weight_decay") or 0.0
     rule = _rule(lr, weight_decay, no_decay, layer_decay, lr_mult)
     groups = _build(rule, model)
     if not groups:
         raise FrostlineError("every parameter of the model is frozen, so there is nothing to optimize; unfreeze "
                              "some parameters first (frostline.unfreeze) or skip the optimizer")
     if rule.weight_decay and not _accepts(optimizer_cls, "weight_decay"):
-        raise TypeError(f"{optimizer_cls.__name__} has no weight decay; pass weight_decay=0 (or choose AdamW/SGD)")
+        raise TypeError(f"{cls_name} has no weight decay; pass weight_decay=0 (or choose AdamW/SGD)")
     built = optimizer_cls(groups, lr=lr, **kwargs)
     setattr(built, _RULE, rule)
     _remember(built, [p for group in groups for p in group["params"]], _logical_names(model))
@@ -211,6 +230,15 @@ def _name_when_seen(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> st
     return name if ref is not None and ref() is param else None
 
 
+def _default(cls: Any, argument: str) -> Any:
+    """The default ``cls`` declares for ``argument``, or None when it declares none (or has no such argument)."""
+    try:
+        param = inspect.signature(cls).parameters.get(argument)
+    except (TypeError, ValueError):
+        return None
+    return None if param is None or param.default is param.empty else param.default
+
+
 def _accepts(cls: type, argument: str) -> bool:
     try:
         params = inspect.signature(cls).parameters
@@ -224,8 +252,9 @@ class SyncReport:
     """What :func:`sync` changed (parameter names as ``named_parameters`` gives them); falsy when nothing did.
 
     ``added`` maps each parameter that joined to the name of its group; ``removed`` lists those that left;
-    ``state_freed`` those whose optimizer state was dropped (``freed_bytes`` in all); ``groups_added`` the
-    names of groups created.
+    ``state_freed`` those whose optimizer state was dropped (``freed_bytes`` in all); ``state_kept`` maps each
+    partially frozen tensor's old storage that left to the Parameter that took its state over (the state of the
+    elements that still train; newly frozen elements' state is freed); ``groups_added`` the names of groups created.
     """
 
     added: dict[str, str] = field(default_factory=dict)
@@ -233,9 +262,10 @@ class SyncReport:
     state_freed: list[str] = field(default_factory=list)
     freed_bytes: int = 0
     groups_added: list[str] = field(default_factory=list)
+    state_kept: dict[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.state_freed)
+        return bool(self.added or self.removed or self.state_freed or self.state_kept)
 
     def __str__(self) -> str:
         parts = []
@@ -251,6 +281,9 @@ class SyncReport:
             parts.append(f"removed {len(self.removed)}")
         if self.state_freed:
             parts.append(f"freed the state of {len(self.state_freed)} ({human_bytes(self.freed_bytes)})")
+        if self.state_kept:
+            moves = ", ".join(f"{old} -> {new}" for old, new in self.state_kept.items())
+            parts.append(f"kept the state of {len(self.state_kept)} for what still trains ({moves})")
         return ", ".join(parts) or "no change"
 
 
@@ -266,6 +299,11 @@ def sync(optimizer: torch.optim.Optimizer, model: nn.Module, *, lr_factor: float
       (Lightning's ``unfreeze_and_add_param_group``), named ``"<group>/unfrozen"``.
     - Parameters that stay keep their state; groups are never removed or reordered (an emptied group stays,
       empty), so LR schedulers that address groups by index keep working. Calling it twice changes nothing.
+    - A partially frozen tensor whose storage changed (rows frozen or unfrozen with delta/split, or whole again)
+      keeps the state of the elements that train before and after, as mask does: the new storage takes it over
+      (``state_kept``); newly frozen elements' state is freed; newly trainable ones start from the state the
+      optimizer gives an element that has only seen zero gradients. Until ``sync`` runs, an optimizer holding the
+      old storage refuses to step.
 
     Parameters the optimizer holds that were never in ``model`` and still require grad (a loss module's) stay.
     ``param_names`` (when the optimizer has them) follow every change, so ``state_dict()``/``load_state_dict()``
@@ -288,8 +326,9 @@ def sync(optimizer: torch.optim.Optimizer, model: nn.Module, *, lr_factor: float
     real = {id(p): n for n, p in model.named_parameters()}
     logical = _all_logical_names(model)
     known = set(real.values()) | set(logical.values())
+    carried: dict[int, tuple[torch.Tensor, dict[str, Any], str, int]] = {}  # successor id -> it, state, from, order
     for group in optimizer.param_groups:
-        _leave(optimizer, group, real, logical, known, report)
+        _leave(optimizer, group, real, logical, known, report, carried)
         _remember(optimizer, group["params"], logical)
     grouped = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for param in [p for p in optimizer.state if torch.is_tensor(p) and id(p) not in grouped]:
@@ -299,6 +338,7 @@ def sync(optimizer: torch.optim.Optimizer, model: nn.Module, *, lr_factor: float
     if fresh:
         _join(optimizer, model, fresh, logical, lr_factor, report)
         _remember(optimizer, [p for _, p in fresh], logical)
+    _hand_over(optimizer, carried, real, report)
     return report
 
 
@@ -310,23 +350,26 @@ def _all_logical_names(model: nn.Module) -> dict[int, str]:
 
 
 def _leave(optimizer: torch.optim.Optimizer, group: dict[str, Any], real: dict[int, str], logical: dict[int, str],
-           known: set[str], report: SyncReport) -> None:
+           known: set[str], report: SyncReport, carried: dict[int, tuple]) -> None:
     recorded = group.get("param_names")
     keep = []
     for k, param in enumerate(group["params"]):
         recorded_name = recorded[k] if recorded else None
         seen_as = _name_when_seen(optimizer, param)
-        # gone from the model: another tensor now holds its name, or it was in the model when last seen
-        gone = id(param) not in real and (recorded_name in known or seen_as is not None)
+        now = storing(param)  # for a partial tensor's old storage: what stores that tensor now
+        # gone from the model: another tensor now holds its name, it was in the model when last seen, or it is a
+        # partial tensor's old storage
+        gone = id(param) not in real and (recorded_name in known or seen_as is not None or now is not None)
         if param.requires_grad and not gone:
             keep.append(k)
             continue
-        name = logical.get(id(param)) or seen_as or recorded_name
+        name = logical.get(id(param)) or seen_as or recorded_name or (logical.get(id(now)) if now is not None else None)
         label = real.get(id(param)) or recorded_name or name or f"<{tuple(param.shape)} tensor>"
         report.removed.append(label)
         if name is not None:  # whatever trains under this name next comes back to this group
             group.setdefault(PARKED, []).append(name)
-        _free(optimizer, param, label, report)
+        if not _carry_over(optimizer, group, param, label, carried, report):
+            _free(optimizer, param, label, report)
     if len(keep) != len(group["params"]):
         group["params"] = [group["params"][k] for k in keep]
         if recorded:
@@ -338,6 +381,35 @@ def _free(optimizer: torch.optim.Optimizer, param: torch.Tensor, name: str, repo
     if state:
         report.state_freed.append(name)
         report.freed_bytes += sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v))
+
+
+def _carry_over(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: torch.Tensor, label: str,
+                carried: dict[int, tuple], report: SyncReport) -> bool:
+    """Set aside the state of a partial tensor's old storage for the Parameter that stores the tensor now; of two
+    old storages of one tensor, the later one's. False when there is nothing to carry (then it is freed)."""
+    found = carried_state(optimizer, group, param)
+    if found is None:
+        return False
+    successor, state, order = found
+    earlier = carried.get(id(successor))
+    if earlier is not None and earlier[3] > order:
+        return False
+    if earlier is not None:
+        report.state_freed.append(earlier[2])
+    carried[id(successor)] = (successor, state, label, order)
+    optimizer.state.pop(param, None)
+    return True
+
+
+def _hand_over(optimizer: torch.optim.Optimizer, carried: dict[int, tuple], real: dict[int, str],
+               report: SyncReport) -> None:
+    grouped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for successor, state, label, _ in carried.values():
+        if id(successor) in grouped and not optimizer.state.get(successor):
+            optimizer.state[successor] = state
+            report.state_kept[label] = real.get(id(successor), label)
+        else:  # it had state of its own already, or does not join this optimizer
+            report.state_freed.append(label)
 
 
 def _join(optimizer: torch.optim.Optimizer, model: nn.Module, fresh: list[tuple[str, nn.Parameter]],

@@ -10,6 +10,12 @@ interface (:class:`frostline.partial._base.Strategy`), one registry:
 - ``split``: delta's storage, for Linear/Conv output rows; the frozen rows' weight gradient is never computed.
 - ``auto``: split for Linear/Conv output rows, delta for Embedding rows and when at most half trains, else mask.
 
+The visible Parameter is the truth: an in-place write to it (``nn.init``, ``.data.copy_``, ``mul_`` under
+``no_grad``) takes effect for trainable and frozen elements alike. Changing which rows train while an optimizer
+exists needs :func:`frostline.sync` (delta and split store each layout in a new Parameter): it keeps the optimizer
+state of what trains on, the gradient accumulated so far follows at once, and until then an optimizer that holds
+the old storage refuses to step instead of silently not training it.
+
 >>> import torch, torch.nn as nn, frostline, frostline.partial
 >>> conv = nn.Conv2d(3, 10, 3)
 >>> _ = frostline.freeze(conv, "weight", rows=[0, 2, 4, 6, 8])   # 5 of 10 filters
@@ -28,7 +34,7 @@ from torch import Tensor, nn
 
 from .._state import PARTIAL_ATTR, get_partial, partial_tensors
 from ..errors import FreezeError
-from . import _forward
+from . import _carry, _forward
 from ._base import Strategy
 from ._hooks import attach, detach
 from ._layout import Layout, Rows, request
@@ -113,9 +119,15 @@ def remove_partial(model: nn.Module, name: str) -> None:
         (False, True)
     """
     module, local = _owner(model, name)
-    part = partial_tensors(module).get(local)
-    if part is None:
+    if partial_tensors(module).get(local) is None:
         return
+    was = _carry.before(module, local)
+    _remove(model, module, local)
+    _carry.after(module, local, name, was)
+
+
+def _remove(model: nn.Module, module: nn.Module, local: str) -> None:
+    part = partial_tensors(module)[local]
     param = part.param
     part.teardown()
     for alias, alias_local in _aliases(model, param):
@@ -133,32 +145,34 @@ def refuse_non_parameter(model: nn.Module, spec: object) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------
 def _settle(model: nn.Module, name: str, layout: Layout, strategy: str) -> None:
+    """Store ``name`` in ``layout``; the gradient so far follows to whatever stores it next (see _carry.py)."""
     module, local, param = _target(model, name)
     current = partial_tensors(module).get(local)
+    was = _carry.before(module, local)
     if layout.none_frozen() or layout.all_frozen():
-        remove_partial(model, name)
+        if current is not None:
+            _remove(model, module, local)
         param.requires_grad_(not layout.all_frozen())
         if layout.all_frozen():
             param.grad = None
+        _carry.after(module, local, name, was)
         return
     aliases = _aliases(model, param)
     tied = len(aliases) > 1
-    if strategy == "auto":
-        cls = choose(module, local, layout, tied=tied, current=current)
-    else:
-        cls = STRATEGIES[strategy]
-        reason = cls.why_not(module, local, layout, tied)
-        if reason is not None:
-            raise FreezeError(f"strategy={strategy!r} cannot serve {name}: {reason} (strategy='auto' picks one "
-                              "that can)")
+    cls = choose(module, local, layout, tied=tied, current=current) if strategy == "auto" else STRATEGIES[strategy]
+    reason = cls.why_not(module, local, layout, tied)
+    if reason is not None:
+        fix = "(strategy='auto' picks one that can)" if strategy != "auto" else "(and no other strategy can)"
+        raise FreezeError(f"strategy={cls.strategy!r} cannot serve {name}: {reason} {fix}")
     if current is not None:
-        remove_partial(model, name)
+        _remove(model, module, local)
     part = cls(module, local, layout)
     attach(module, local, part)
     for alias, alias_local in aliases:  # tied: every name of the Parameter answers "partial"
         if alias is not module or alias_local != local:
             alias.__dict__.setdefault(PARTIAL_ATTR, {})[alias_local] = part
     _forward.refresh(module)
+    _carry.after(module, local, name, was)
 
 
 def _check_strategy(strategy: str) -> None:

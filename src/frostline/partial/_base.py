@@ -1,15 +1,18 @@
-"""The interface every strategy implements, and the optimizer hook that runs strategies after each step.
+"""The interface every strategy implements, and the optimizer hooks that run strategies around each step.
 
 The partially frozen Parameter never leaves its module: it keeps its name, identity and full shape, and holds the
-effective values (frostline writes trainable values back after every ``torch.optim`` step and before
-``state_dict``). A strategy adds its storage beside it as ``_frostline_<role>_<name>`` Parameters and
+effective values (frostline writes trainable values back after every ``torch.optim`` step) and is the truth
+between steps. A strategy adds its storage beside it as ``_frostline_<role>_<name>`` Parameters and
 non-persistent buffers, so ``.to()``, ``deepcopy`` and pickling carry everything along.
 
 What cannot live on the module as a plain attribute is rebuilt from it instead:
 
-* the optimizer hook: one global ``register_optimizer_step_post_hook``, which finds the strategies to run by the
-  identity of the Parameters the optimizer just stepped (``_ACTIVE``, filled when a strategy is created, copied
-  or unpickled);
+* the optimizer hooks: one global ``register_optimizer_step_pre_hook`` and one ``..._post_hook``, which find the
+  strategies to run by the identity of the Parameters the optimizer steps (``_ACTIVE``, filled when a strategy is
+  created, copied or unpickled). What an optimizer holds is examined once per change of storage or of its groups
+  (``_plan``), not on every step; that examination also refuses an optimizer that holds a Parameter which no
+  longer stores its tensor (``_carry.refuse_stale``). Before a step a strategy takes what the visible Parameter
+  holds (in-place writes to it count, ``.data`` ones included), after it writes back;
 * tensor hooks: ``deepcopy``/``pickle`` of a Parameter drop them, so strategies reinstall theirs in
   ``__setstate__`` (and whenever they find their Parameter replaced, e.g. by ``load_state_dict(assign=True)``).
 
@@ -27,13 +30,16 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from ._layout import Layout
+from . import _carry
+from ._layout import Layout, _put, _take  # noqa: F401  (_put/_take: re-exported for the strategies)
 
 _ACTIVE: dict[int, weakref.ref] = {}  # id(Parameter an optimizer steps) -> weakref to the strategy to run after
 # strategies whose module FSDP2 manages: the Parameters an optimizer steps are FSDP's shards, found on the module
 _FOLLOWING: weakref.WeakSet = weakref.WeakSet()
+# optimizer -> (what it held when examined, weakrefs to the strategies whose Parameters it steps)
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def fsdp_managed(module: nn.Module) -> bool:
@@ -94,6 +100,10 @@ class Strategy:
     def layout(self) -> Layout:
         raise NotImplementedError
 
+    def before_step(self) -> None:
+        """Run before an optimizer steps one of ``trainable_parameters()``: take what the visible Parameter holds
+        now (someone may have written it in place since the last step)."""
+
     def after_step(self) -> None:
         """Run after an optimizer stepped one of ``trainable_parameters()``."""
         raise NotImplementedError
@@ -127,12 +137,14 @@ class Strategy:
     def _activate(self) -> None:
         for param in self._stepped():
             _ACTIVE[id(param)] = weakref.ref(self, functools.partial(_forget, id(param)))
+        _carry.bump()
 
     def _deactivate(self) -> None:
         for param in self._stepped():
             ref = _ACTIVE.get(id(param))
             if ref is not None and ref() is self:
                 del _ACTIVE[id(param)]
+        _carry.bump()
 
     def check(self) -> None:
         """Before a forward (eager): adopt a Parameter put in our place (``module.weight = ...``), with its values."""
@@ -205,33 +217,47 @@ class Strategy:
         return self.module._buffers[name] if name in self.module._buffers else self.module._parameters[name]
 
 
-def _put(target: Tensor, dim: int | None, index: Tensor, values: Tensor) -> None:
-    """``target[index along dim] = values`` in place (flat row-major element indices when ``dim`` is None)."""
-    if dim is None:
-        target.put_(index, values.reshape(-1))
-    else:
-        target.index_copy_(dim, index, values)
-
-
-def _take(source: Tensor, dim: int | None, index: Tensor) -> Tensor:
-    return torch.take(source, index) if dim is None else source.index_select(dim, index)
-
-
 def _forget(key: int, _ref: weakref.ref) -> None:
     if _ACTIVE.get(key) is _ref:
         del _ACTIVE[key]
+        _carry.bump()
+
+
+def _plan(optimizer: torch.optim.Optimizer) -> list[weakref.ref]:
+    """The strategies whose Parameters ``optimizer`` steps, found again only when storage or its groups changed
+    (so a step costs a comparison per group, not a lookup per parameter). Raises for stale storage it holds."""
+    key = (_carry.generation(), tuple((id(g["params"]), len(g["params"])) for g in optimizer.param_groups))
+    known = _PLANS.get(optimizer)
+    if known is not None and known[0] == key:
+        return known[1]
+    _carry.refuse_stale(optimizer)
+    found: dict[int, weakref.ref] = {}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            ref = _ACTIVE.get(id(param))
+            part = ref() if ref is not None else None
+            if part is not None and id(part) not in found and any(p is param for p in part._stepped()):
+                found[id(part)] = ref
+    _PLANS[optimizer] = (key, list(found.values()))
+    return _PLANS[optimizer][1]
+
+
+def _before_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    if not _ACTIVE and not _carry.any_retired():
+        return
+    for ref in _plan(optimizer):
+        part = ref()
+        if part is not None:
+            part.before_step()
 
 
 def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
     if not _ACTIVE and not _FOLLOWING:
         return
     done: set[int] = set()
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            ref = _ACTIVE.get(id(param))
-            part = ref() if ref is not None else None
-            if part is None or id(part) in done or not any(p is param for p in part._stepped()):
-                continue
+    for ref in _plan(optimizer):
+        part = ref()
+        if part is not None and id(part) not in done:
             done.add(id(part))
             part.after_step()
     if _FOLLOWING:
@@ -242,4 +268,5 @@ def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs:
                 part.after_step()
 
 
+register_optimizer_step_pre_hook(_before_optimizer_step)
 register_optimizer_step_post_hook(_after_optimizer_step)

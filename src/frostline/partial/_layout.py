@@ -135,3 +135,15 @@ def _row_index(name: str, rows: Rows, size: int, dim: int) -> Tensor:
         raise FreezeError(f"{name}: rows must lie in 0..{size - 1} (or -{size}..-1): dim {dim} has {size} slices; "
                           f"got {bad[:5].tolist()}")
     return index % size
+
+
+def _put(target: Tensor, dim: int | None, index: Tensor, values: Tensor) -> None:
+    """``target[index along dim] = values`` in place (flat row-major element indices when ``dim`` is None)."""
+    if dim is None:
+        target.put_(index, values.reshape(-1))
+    else:
+        target.index_copy_(dim, index, values)
+
+
+def _take(source: Tensor, dim: int | None, index: Tensor) -> Tensor:
+    return torch.take(source, index) if dim is None else source.index_select(dim, index)

@@ -5,12 +5,15 @@ the trainable elements in row-major order, with their indices in a buffer), so a
 alone: a fraction ``f`` trainable costs ``f`` of the dense optimizer state plus 8 bytes of index per trainable
 slice or element. The original Parameter keeps its name, identity and shape, and holds the effective values:
 frostline writes the trainable values into it after every optimizer step (``index_copy_`` of the trainable part
-only) and before ``state_dict``.
+only), and is the truth between steps: an in-place write to it (``nn.init``, ``.data.copy_``, ``mul_`` under
+``no_grad``) takes effect for frozen and trainable elements alike, since the trainable storage is re-read from it
+before every step (one gather of the trainable part; ``.data`` writes leave no version trace to test instead).
 
 Forward uses the original Parameter through a view whose backward hands the trainable part of the gradient to the
 trainable Parameter, so forward costs nothing extra. For an Embedding's token rows the backward never builds the
 table-sized gradient either: it accumulates the output gradient of the tokens whose rows train, into the trainable
-rows plus one sink row for every frozen token (no host sync, no data-dependent shapes).
+rows plus one sink row for every frozen token (no host sync, no data-dependent shapes). For ``sparse=True``
+that gradient is sparse, as the Embedding's own is, so ``torch.optim.SparseAdam`` trains the trainable rows.
 
 Under FSDP2 (``fully_shard`` after freezing) both Parameters are sharded, and during a forward the module holds
 FSDP's gathered copies instead. The strategy then follows the module's current tensors: forward merges the
@@ -40,6 +43,9 @@ class Delta(Strategy):
             return "the Parameter is shared by several modules (tied); only 'mask' keeps every use of it in step"
         if foreign_forward(module):
             return f"this {type(module).__name__} has a forward set on the instance by other code"
+        if isinstance(module, nn.Embedding) and module.sparse and local == "weight" and layout.dim is None:
+            return ("the Embedding has sparse=True, and its row-sparse gradient cannot be split into single "
+                    "elements; freeze whole rows (rows=) or columns (rows=..., dim=1), or build it with sparse=False")
         return None
 
     def _setup(self, layout: Layout) -> None:
@@ -111,20 +117,34 @@ class Delta(Strategy):
         base, trainable = (gathered(t.detach()) for t in self._current())
         return _merged(base, trainable, self._get("index").to(base.device), self.dim)
 
+    def before_step(self) -> None:
+        if self.follows_module():  # FSDP2's shards of the two tensors do not line up: nothing to re-read
+            return
+        source, dim = (self.param.detach().reshape(-1), 0) if self.dim is None else (self.param.detach(), self.dim)
+        with torch.no_grad():
+            torch.index_select(source, dim, self._get("index"), out=self.trainable.detach())
+        self._synced = self.trainable._version
+
     def after_step(self) -> None:
         if self.follows_module():
             return self.hold_shards() if fsdp_managed(self.module) else None  # never a collective in the step
-        self.sync(force=True)
+        self._write()  # unconditionally: fused optimizers step without bumping version counters
 
     def sync(self, force: bool = False) -> None:
+        """Write the trainable storage into the Parameter when the storage changed since frostline last did (a
+        step the after-step hook did not see); otherwise the Parameter is the truth and keeps what was written
+        into it. Under FSDP2 only with ``force`` (a collective)."""
         if self.follows_module():
             if force:
                 self._sync_followed()
             return
-        if force or self.trainable._version != self._synced:
-            with torch.no_grad():
-                _put(self.param, self.dim, self._get("index"), self.trainable.detach())
-            self._synced = self.trainable._version
+        if self.trainable._version != self._synced:
+            self._write()
+
+    def _write(self) -> None:
+        with torch.no_grad():
+            _put(self.param, self.dim, self._get("index"), self.trainable.detach())
+        self._synced = self.trainable._version
 
     def _sync_followed(self) -> None:
         """Write the trainable values into the module's base tensor; for a DTensor shard, only its own rows."""
@@ -164,7 +184,7 @@ class Delta(Strategy):
         if not (torch.is_grad_enabled() and self.trainable.requires_grad):
             return F.embedding(ids, self.param, module.padding_idx, None, 2.0, module.scale_grad_by_freq)
         return _EmbeddingRows.apply(ids, self.param, self.trainable, self._get("remap"), self.padding_row,
-                                    module.scale_grad_by_freq)
+                                    module.scale_grad_by_freq, module.sparse)
 
 
 def _merged(base: Tensor, trainable: Tensor, index: Tensor, dim: int | None) -> Tensor:
@@ -190,17 +210,26 @@ class _Route(torch.autograd.Function):
 
 
 class _EmbeddingRows(torch.autograd.Function):
-    """``F.embedding`` over the whole table, with a gradient for the trainable rows only."""
+    """``F.embedding`` over the whole table, with a gradient for the trainable rows only (sparse when asked)."""
 
     @staticmethod
     def forward(ctx, ids: Tensor, weight: Tensor, trainable: Tensor, remap: Tensor, padding_row: int,
-                scale_grad_by_freq: bool) -> Tensor:
+                scale_grad_by_freq: bool, sparse: bool) -> Tensor:
         ctx.save_for_backward(ids, remap)
-        ctx.rows, ctx.padding_row, ctx.scale = trainable.shape[0], padding_row, scale_grad_by_freq
+        ctx.rows, ctx.padding_row, ctx.scale, ctx.sparse = trainable.shape[0], padding_row, scale_grad_by_freq, sparse
         return F.embedding(ids, weight, None, None, 2.0, scale_grad_by_freq)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         ids, remap = ctx.saved_tensors
-        rows = torch.ops.aten.embedding_dense_backward(grad, remap[ids], ctx.rows + 1, ctx.padding_row, ctx.scale)
-        return None, None, rows[: ctx.rows], None, None, None
+        rows = remap[ids]
+        if not ctx.sparse:
+            rows = torch.ops.aten.embedding_dense_backward(grad, rows, ctx.rows + 1, ctx.padding_row, ctx.scale)
+            return None, None, rows[: ctx.rows], None, None, None, None
+        sink = ctx.rows  # frozen tokens and the padding token go to the sink row, which the sparse backward drops
+        if ctx.padding_row >= 0:
+            rows = rows.masked_fill(rows == ctx.padding_row, sink)
+        rows = torch.ops.aten.embedding_sparse_backward(grad, rows, sink + 1, sink, ctx.scale)
+        shape = (ctx.rows, *rows.shape[1:])
+        grad_rows = torch.sparse_coo_tensor(rows._indices(), rows._values(), shape, check_invariants=False)
+        return None, None, grad_rows, None, None, None, None

@@ -5,11 +5,14 @@ state, and tied weights stay tied. Two things keep frozen elements exact:
 
 * a post-accumulate-grad hook zeroes their gradient, so clipping, accumulation and ``GradScaler`` see only the
   trainable gradient (a zero gradient alone is not enough: weight decay and momentum still move an element);
-* after every optimizer step that touched the Parameter, the frozen elements are written back from a saved copy
-  of those elements only (``index_copy_`` for whole slices, ``masked_scatter_`` otherwise).
+* before every optimizer step that touches the Parameter, the frozen elements are copied aside (gathered by
+  index: no host sync), and written back after it (``index_copy_`` for whole slices, ``masked_scatter_``
+  otherwise). Copying them before each step, rather than once, makes the visible Parameter the truth: an in-place
+  write to it between steps (``nn.init``, ``.data.copy_``, ``mul_`` under ``no_grad``) takes effect for frozen
+  elements too (and a live ``guard`` reports it), where a copy taken once would silently undo it.
 
-The cost is a dense gradient and dense optimizer state, and one pass over the frozen elements per step: the
-cheapest strategy when most elements train.
+The cost is a dense gradient and dense optimizer state, two passes over the frozen elements per step, and for
+single elements a 4-byte index per frozen element: the cheapest strategy when most elements train.
 
 Under FSDP2 (``fully_shard`` after freezing) the strategy follows the module's tensors: the hook goes on FSDP's
 gathered Parameter (so the reduce-scattered gradient has zeros at frozen elements), and after a step each rank
@@ -34,14 +37,16 @@ class Mask(Strategy):
     @classmethod
     def why_not(cls, module: nn.Module, local: str, layout: Layout, tied: bool) -> str | None:
         if isinstance(module, nn.Embedding) and module.sparse and local == "weight":
-            return "the Embedding has sparse=True, and a sparse gradient cannot be masked in place; use 'delta'"
+            return ("the Embedding has sparse=True, and a sparse gradient cannot be masked in place; use "
+                    "strategy='delta' with rows= (or rows=..., dim=1), or build it with sparse=False")
         return None
 
     def _setup(self, layout: Layout) -> None:
         self.dim = layout.dim
         self._add_buffer("frozen", layout.broadcastable().clone())
-        if self.dim is not None:
-            self._add_buffer("index", layout.frozen_index())
+        index = layout.frozen_index()  # slices along dim, or flat elements (int32 when it fits: half the bytes)
+        small = self.dim is None and self.param.numel() < 2 ** 31
+        self._add_buffer("index", index.to(torch.int32) if small else index)
         self._add_buffer("saved", self._frozen_values())
 
     def _frozen_values(self) -> Tensor:
@@ -76,6 +81,13 @@ class Mask(Strategy):
         if not fsdp_managed(self.module):
             return super().full()
         return gathered(self.module._parameters[self.local].detach())
+
+    def before_step(self) -> None:
+        if fsdp_managed(self.module):  # shards: their frozen values were located once (_restore_shard)
+            return
+        source, dim = (self.param.detach().reshape(-1), 0) if self.dim is None else (self.param.detach(), self.dim)
+        with torch.no_grad():
+            torch.index_select(source, dim, self._get("index"), out=self._get("saved"))
 
     def after_step(self) -> None:
         current = self.module._parameters.get(self.local)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -125,3 +127,63 @@ def test_strict_reports_missing_and_unexpected():
     with pytest.raises(FrostlineError, match=r"missing keys \['head.bias'\], unexpected keys \['extra'\]"):
         load_trainable_state_dict(_frozen(), sd)
     assert load_trainable_state_dict(_frozen(), sd, strict=False) == (["head.bias"], ["extra"])
+
+
+def _bn_then_linear():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize("key, wrong", [("1.weight", torch.ones(1, 4)), ("1.bias", torch.tensor(5.0)),
+                                        ("0.running_mean", torch.ones(1)), ("1.weight", torch.ones(4, 2))])
+def test_silent_06_a_whole_tensor_of_another_shape_is_refused_not_broadcast(key, wrong):
+    trained = _bn_then_linear()
+    with torch.no_grad():
+        for t in trained.state_dict().values():
+            t.add_(1)  # the checkpoint's values differ from a fresh model's everywhere
+    sd = trainable_state_dict(trained)
+    model = _bn_then_linear()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = tuple(model.state_dict()[key].shape)
+    with pytest.raises(FrostlineError, match=rf"size mismatch for '{key}': the checkpoint holds shape "
+                                             rf"{re.escape(str(tuple(wrong.shape)))}, the model's .* shape "
+                                             rf"{re.escape(str(expected))}"):
+        load_trainable_state_dict(model, {**sd, key: wrong})
+    for k, v in model.state_dict().items():  # refused before anything was copied: nothing half-loaded
+        assert torch.equal(v, before[k]), k
+    assert load_trainable_state_dict(model, sd) == ([], [])  # the right shapes load, and every value changes
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, trained.state_dict()[k]) and not torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("layout, wrong", [("rows", (1, 3)), ("rows", (2, 4)), ("rows", (4,)), ("rows", (1, 1)),
+                                           ("elements", (8,)), ("elements", (9, 1)), ("elements", (3, 3))])
+def test_silent_06_partial_values_of_another_shape_are_a_frostline_error(layout, wrong):
+    def make():
+        torch.manual_seed(0)
+        frozen = dict(rows=[0, 2]) if layout == "rows" else dict(mask=torch.eye(3, 4, dtype=torch.bool))
+        return frostline.freeze(nn.Linear(4, 3), "weight", **frozen)
+
+    trained = _train_linear(make())
+    sd = trainable_state_dict(trained)
+    expected = tuple(sd["weight@values"].shape)
+    model = make()
+    before = model.weight.detach().clone()
+    with pytest.raises(FrostlineError, match=rf"size mismatch for 'weight@values': the checkpoint holds shape "
+                                             rf"{re.escape(str(wrong))}, the model's trainable part of weight "
+                                             rf"\(weight@(rows0|elements)\) has shape {re.escape(str(expected))}"):
+        load_trainable_state_dict(model, {**sd, "weight@values": torch.zeros(wrong)})
+    assert torch.equal(model.weight.detach(), before)
+    load_trainable_state_dict(model, sd)
+    frozen = get_partial(model, "weight").frozen_mask()
+    assert torch.equal(model.weight.detach()[frozen], before[frozen])  # frozen elements untouched by loading
+    assert torch.equal(model.weight.detach(), trained.weight.detach()) and not torch.equal(model.weight, before)
+
+
+def _train_linear(model, steps=2):
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(8, 4, generator=torch.Generator().manual_seed(3))).square().mean().backward()
+        opt.step()
+    return model

@@ -9,7 +9,7 @@ import frostline
 from frostline import FrozenParameterChanged, freeze, guard, snapshot
 from frostline.models import small_cnn, tiny_resnet
 
-MODES = ["copy", "hash"]
+MODES = ["copy", "hash", "checksum"]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
@@ -71,7 +71,7 @@ def test_each_kind_of_change_is_caught_and_named(mode, device):
         assert (running_mean.changed, running_mean.max_abs_diff) == (15, 15)
         assert changes["features.5.num_batches_tracked"].max_abs_diff == 1
     else:
-        assert all(c.changed is None and c.note == "hash differs" for c in changes.values())
+        assert all(c.changed is None and c.note == f"{mode} differs" for c in changes.values())
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -87,10 +87,11 @@ def test_comparison_is_on_bits(mode):
     assert [c.name for c in snap.changes(model)] == ["bias"]
 
 
-def test_hash_catches_one_element_at_the_end_of_a_multi_chunk_tensor_and_a_swap():
+@pytest.mark.parametrize("mode", ["hash", "checksum"])
+def test_hash_catches_one_element_at_the_end_of_a_multi_chunk_tensor_and_a_swap(mode):
     model = freeze(nn.Embedding((1 << 20) // 8 + 3, 8))
-    snap = snapshot(model, mode="hash")
-    assert snap.nbytes == 16
+    snap = snapshot(model, mode=mode)
+    assert snap.nbytes == {"hash": 32, "checksum": 16}[mode]
     flip_lowest_bit(model.weight, model.weight.numel() - 1)
     assert [c.name for c in snap.changes(model)] == ["weight"]
     flip_lowest_bit(model.weight, model.weight.numel() - 1)
@@ -103,9 +104,11 @@ def test_hash_catches_one_element_at_the_end_of_a_multi_chunk_tensor_and_a_swap(
 def test_memory_is_what_the_docs_say():
     model = freeze(tiny_resnet(), ["conv1", "bn1", "layer1"])
     copy_snap, hash_snap = snapshot(model, mode="copy"), snapshot(model, mode="hash")
+    checksum_snap = snapshot(model, mode="checksum")
     recorded = dict(model.named_parameters()) | dict(model.named_buffers())
     assert copy_snap.nbytes == sum(recorded[n].numel() * recorded[n].element_size() for n in copy_snap.names)
-    assert hash_snap.nbytes == 16 * len(hash_snap.names) and hash_snap.names == copy_snap.names
+    assert hash_snap.nbytes == 32 * len(hash_snap.names) and hash_snap.names == copy_snap.names
+    assert checksum_snap.nbytes == 16 * len(checksum_snap.names) and checksum_snap.names == copy_snap.names
     assert "bn1.running_var" in copy_snap.names and "layer2.0.bn1.running_var" not in copy_snap.names
 
 
@@ -137,7 +140,7 @@ def test_guard_lets_an_exception_in_the_block_through():
 
 
 def test_bad_mode():
-    with pytest.raises(ValueError, match="'copy'.*'hash'"):
+    with pytest.raises(ValueError, match="'copy'.*'hash'.*'checksum'"):
         snapshot(small_cnn(), mode="sha256")
 
 
@@ -177,4 +180,42 @@ def test_every_dtype_one_element_changed(dtype, mode):
     with torch.no_grad():
         module.extra[4, 2] = True if dtype == torch.bool else 1
     [change] = snap.changes(module)
-    assert change.name == "extra" and (mode == "hash" or (change.changed, change.max_abs_diff) == (1, 1.0))
+    assert change.name == "extra" and (mode != "copy" or (change.changed, change.max_abs_diff) == (1, 1.0))
+
+
+# Twelve changes of at most 698 ulp that cancel in a linear, unkeyed checksum of the raw bits (frostline's old
+# mode="hash", now mode="checksum"): found by LLL lattice reduction of its fixed position weights for positions
+# 0..11 of a tensor under 2**20 elements. Its weights are public, so anyone can craft such a change.
+CRAFTED = [-596, 327, -200, 464, -191, 486, 71, 680, 21, 34, 72, -698]
+
+
+def _craft(tensor, sign=1):
+    with torch.no_grad():
+        tensor.view(-1).view(torch.int32)[:12] += sign * torch.tensor(CRAFTED, dtype=torch.int32)
+
+
+def test_silent_11_hash_mode_catches_a_change_crafted_to_cancel_in_a_linear_sum():
+    torch.manual_seed(0)
+    model = freeze(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)), "0")
+    hashed, copied = snapshot(model, mode="hash"), snapshot(model, mode="copy")
+    _craft(model[0].weight)
+    [change] = copied.changes(model)  # a real change: 12 elements, a few hundred ulp each
+    assert (change.name, change.changed) == ("0.weight", 12) and 0 < change.max_abs_diff < 1e-4
+    with pytest.raises(FrozenParameterChanged, match=r"0\.weight \(hash differs\)"):
+        hashed.verify(model)
+    _craft(model[0].weight, -1)
+    assert hashed.changes(model) == [] and copied.changes(model) == []  # back to the recorded bits
+    checksum = snapshot(model, mode="checksum")
+    _craft(model[0].weight)
+    assert checksum.changes(model) == []  # what the checksum's name warns of: a crafted change passes it
+    flip_lowest_bit(model[0].weight, 20)
+    assert [c.name for c in checksum.changes(model)] == ["0.weight"]  # an accidental one never does
+
+
+def test_silent_11_hash_mode_is_keyed_per_snapshot():
+    model = freeze(nn.Linear(4, 4))
+    first, second = snapshot(model, mode="hash"), snapshot(model, mode="hash")
+    digests = [[r.values for r in s._records.values()] for s in (first, second)]
+    assert digests[0] != digests[1]  # same bytes, another key: nobody can precompute a snapshot's digests
+    assert first.changes(model) == [] and second.changes(model) == []
+    assert first.nbytes == 32 * 2

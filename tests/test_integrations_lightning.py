@@ -12,7 +12,7 @@ from torch import nn
 pl = pytest.importorskip("lightning.pytorch")
 import frostline  # noqa: E402
 from frostline.integrations.lightning import FreezeCallback  # noqa: E402
-from frostline.schedules import AutoFreeze, GradualUnfreeze, ProgressiveFreeze  # noqa: E402
+from frostline.schedules import AutoFreeze, GradualUnfreeze, ProgressiveFreeze, UnfreezeAt  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +139,35 @@ def test_a_bare_spec_stays_frozen(small_encoder, batches):
     assert all(f == [0] for f in module.frozen_at.values())
     assert all(torch.equal(before[k], v) for k, v in module.encoder.embeddings.state_dict().items())
     assert not torch.equal(module.head.weight, head)  # the rest trained
+
+
+class FrozenBackbone(Classifier):
+    """Lightning's BackboneFinetuning pattern: the module freezes its own backbone; a schedule unfreezes it."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__(encoder)
+        frostline.freeze(self, "encoder")
+
+    def on_train_epoch_start(self) -> None:  # a resumed epoch makes its data iterator before this hook: seed later
+        pass
+
+    def training_step(self, batch, batch_idx):
+        torch.manual_seed(1000 + self.global_step)  # dropout draws depend only on the step: resumable runs
+        return super().training_step(batch, batch_idx)
+
+
+def test_silent_05_unfreeze_at_unfreezes_a_backbone_the_module_froze_itself(small_encoder, batches, tmp_path):
+    straight = FrozenBackbone(small_encoder)
+    start = copy.deepcopy(straight.state_dict())
+    fit(straight, batches, UnfreezeAt("encoder", epoch=1), epochs=3, tmp_path=tmp_path)
+    assert {e: f for (e, _), f in straight.frozen_at.items()} == {0: [0, 1, 2], 1: [], 2: []}
+    end = straight.state_dict()
+    weight = "encoder.encoder.layer.0.output.dense.weight"
+    assert not torch.equal(start[weight], end[weight]) and not torch.equal(start["head.weight"], end["head.weight"])
+
+    resumed = FrozenBackbone(small_encoder)  # from the checkpoint after epoch 1, by a script that freezes again
+    fit(resumed, batches, UnfreezeAt("encoder", epoch=1), epochs=3, ckpt_path=str(tmp_path / "epoch=1.ckpt"))
+    assert {e: f for (e, _), f in resumed.frozen_at.items()} == {2: []}
+    assert resumed.layout_at[2] == straight.layout_at[2]
+    final = resumed.state_dict()
+    assert all(torch.equal(end[k], final[k]) for k in end)  # continued exactly

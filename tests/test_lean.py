@@ -386,3 +386,27 @@ def test_keeps_tells_the_truth_for_batchnorm_on_batch_statistics():
     for model in (no_stats, in_train):
         assert keeps(model[1]).startswith("the input, as PyTorch does")
     assert keeps(in_train.eval()[1]).startswith("nothing new")
+
+
+def test_silent_12_setting_lean_default_false_takes_effect_for_later_freezes():
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+
+    x = torch.randn(2, 3, 8, 8)
+    saved = frostline.lean.DEFAULT
+    try:
+        frostline.lean.DEFAULT = False  # the documented switch: read when freeze runs, not copied at import
+        off = freeze(make(), "2")
+        assert keeps(off[2]) is None and "forward" not in off[2].__dict__  # PyTorch's own forward
+        frostline.lean.DEFAULT = True
+        on = freeze(make(), "2")
+        assert keeps(on[2]) is not None and "forward" in on[2].__dict__
+        # conv 0 trains, so backward runs through the frozen ReLU and conv 2: plain PyTorch keeps the ReLU's
+        # float output (conv 2's input), the lean ReLU one bit per element
+        assert saved_bytes(off, x)["1"] == 2 * 4 * 6 * 6 * 4 and saved_bytes(on, x)["1"] == 2 * 4 * 6 * 6 // 8
+        assert freeze(off, "0") is off and keeps(off[2]) is None  # a module keeps the choice it was frozen with
+        frostline.lean.DEFAULT = False
+        assert keeps(freeze(make(), "2", lean=True)[2]) is not None  # an explicit lean= wins over the default
+    finally:
+        frostline.lean.DEFAULT = saved

@@ -138,6 +138,38 @@ def test_a_schedule_never_unfreezes_what_the_user_froze():
     assert frostline.frozen_names(model) == ["0.bias"]
 
 
+def test_silent_05_derived_groups_leave_what_the_user_froze_and_say_so(caplog):
+    model = mlp(3)
+    frostline.freeze(model, "0")  # the user's freeze; GradualUnfreeze's groups come from layer_groups
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    start = copy.deepcopy(model.state_dict())
+    schedule = GradualUnfreeze()
+    with caplog.at_level(logging.INFO, logger="frostline.schedules"):
+        for epoch in range(3):
+            schedule.step(model, optimizer, epoch=epoch)
+            train_step(model, optimizer, epoch)
+    assert frozen_groups(model) == [True, False, False]
+    assert all(torch.equal(model.state_dict()[k], start[k]) for k in ("0.weight", "0.bias"))
+    assert not torch.equal(model.state_dict()["1.weight"], start["1.weight"])  # the schedule's own group trained
+    last = schedule.history[-1]  # epoch 2: the plan trains group 0, the user's freeze holds
+    assert (last.epoch, last.unfrozen, last.kept) == (2, [], ["0.weight", "0.bias"])
+    assert [c.kept for c in schedule.history[:-1]] == [[], []]  # until then the plan wanted group 0 frozen too
+    assert ("GradualUnfreeze epoch 2: no change (0); 3 of 3 groups train; 2 tensors stay frozen: frozen by you, "
+            "not by the schedule (it takes over what you froze only when its groups= name it at its first step)"
+            in caplog.text)
+    assert Change.from_dict(json.loads(json.dumps(last.to_dict()))).kept == last.kept
+
+
+def test_silent_05_derived_groups_say_which_partially_frozen_tensors_they_leave_alone():
+    model = mlp(3)
+    frostline.freeze(model, "0.weight", rows=[0, 1])
+    schedule = GradualUnfreeze()
+    first = schedule.step(model, epoch=0)
+    assert first.frozen == ["0.bias", "1.weight", "1.bias"] and first.kept_partial == ["0.weight"]
+    assert ("1 of 3 groups train; 1 tensor stays partially frozen: frozen by you, not by the schedule (their "
+            "frozen elements never train)") in str(first)
+
+
 def test_partially_frozen_tensors_are_left_to_their_strategy():
     model = mlp(3)
     frostline.freeze(model, "0.weight", rows=[0, 1])
@@ -167,6 +199,69 @@ def test_unfreeze_at_backbone_semantics():
     assert lrs[:2] == [[], []]
     assert lrs[2:] == [[pytest.approx(0.01)], [pytest.approx(0.1 * 0.1 ** 0.5)], [pytest.approx(0.1)]]
     assert optimizer.param_groups[0]["lr"] == 0.1  # the head's group keeps the full rate
+
+
+def test_silent_05_unfreeze_at_unfreezes_what_the_user_froze_before_it(caplog):
+    model = mlp(3)
+    frostline.freeze(model, "0")  # Lightning's BackboneFinetuning pattern: freeze the backbone, unfreeze it later
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    start = copy.deepcopy(model.state_dict())
+    schedule = UnfreezeAt("0", epoch=1, lr_factor=0.1)  # its spec names "0": the schedule owns it now
+    with caplog.at_level(logging.INFO, logger="frostline.schedules"):
+        for epoch in range(3):
+            schedule.step(model, optimizer, epoch=epoch)
+            assert frozen_groups(model) == [epoch < 1, False, False]
+            train_step(model, optimizer, epoch)
+            if epoch == 0:
+                assert torch.equal(model.state_dict()["0.weight"], start["0.weight"])
+                assert not torch.equal(model.state_dict()["2.weight"], start["2.weight"])
+    assert not torch.equal(model.state_dict()["0.weight"], start["0.weight"])  # it trained from epoch 1
+    start_change, change = schedule.history  # epoch 0 froze nothing new: the user had; epoch 1 unfroze
+    assert (start_change.epoch, start_change.frozen, start_change.unfrozen) == (0, [], [])
+    assert (change.epoch, change.unfrozen, change.kept) == (1, ["0.weight", "0.bias"], [])
+    assert "UnfreezeAt epoch 0: no change (0); trains from epoch 1" in caplog.text
+    assert "UnfreezeAt takes over 2 tensors frozen before it (its spec names them)" in caplog.text
+    assert "UnfreezeAt epoch 1: unfroze 2 tensors (0); lr x0.1" in caplog.text
+    lr_of = {n: g["lr"] for g, names in zip(optimizer.param_groups, group_names(model, optimizer)) for n in names}
+    assert lr_of["0.weight"] == pytest.approx(0.01) and lr_of["2.weight"] == pytest.approx(0.1)
+
+
+def test_silent_05_a_schedule_owns_what_its_spec_names_from_epoch_0():
+    model = mlp(3)
+    frostline.freeze(model, ["0.weight", "2.bias"])  # one inside the spec, one outside it
+    schedule = UnfreezeAt(["0", "1"], epoch=0)
+    change = schedule.step(model, epoch=0)  # trains from the start: what it owns is trainable at once
+    assert change.unfrozen == ["0.weight"] and frostline.frozen_names(model) == ["2.bias"]
+    assert schedule.step(model, epoch=1) is None
+
+
+@pytest.mark.parametrize("stop", [1, 3])
+@pytest.mark.parametrize("refreeze", [True, False])
+def test_silent_05_a_schedule_owning_what_the_user_froze_resumes_exactly(stop, refreeze):
+    def make():
+        model = frostline.freeze(mlp(4), "0")  # the user's script freezes the backbone before the schedule runs
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1), UnfreezeAt("0", epoch=2)
+
+    model, optimizer, schedule = make()
+    start = copy.deepcopy(model.state_dict())
+    _run(None, "epoch", 0, 5, model, optimizer, schedule)
+    assert frozen_groups(model) == [False] * 4 and not torch.equal(model[0].weight, start["0.weight"])
+
+    first, first_optimizer, first_schedule = make()
+    _run(None, "epoch", 0, stop, first, first_optimizer, first_schedule)
+    checkpoint = copy.deepcopy({"model": first.state_dict(), "optimizer": first_optimizer.state_dict(),
+                                "schedule": json.loads(json.dumps(first_schedule.state_dict()))})
+    resumed, resumed_optimizer, resumed_schedule = make()
+    if not refreeze:  # a resuming script need not repeat the freeze: the checkpoint says what is frozen
+        frostline.unfreeze(resumed, "0")
+    resumed.load_state_dict(checkpoint["model"])
+    resumed_schedule.load_state_dict(checkpoint["schedule"])
+    resumed_schedule.restore(resumed, resumed_optimizer)
+    assert frozen_groups(resumed) == frozen_groups(first) == [stop < 2, False, False, False]
+    resumed_optimizer.load_state_dict(checkpoint["optimizer"])
+    _run(None, "epoch", stop, 5, resumed, resumed_optimizer, resumed_schedule)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed.state_dict().values()))
+    assert [c.to_dict() for c in resumed_schedule.history] == [c.to_dict() for c in schedule.history]
 
 
 # -- ProgressiveFreeze ------------------------------------------------------------------------------------------

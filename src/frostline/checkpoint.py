@@ -33,7 +33,7 @@ from typing import Mapping, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ._state import get_partial, named_logical_parameters, partial_tensors
+from ._state import PartialTensor, get_partial, named_logical_parameters, partial_tensors
 from .errors import FrostlineError
 from .freeze import _KEEP_EVAL
 from .partial._base import _take
@@ -98,7 +98,9 @@ def load_trainable_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]
 
     Raises:
         FrostlineError: the model's freeze state differs from the checkpoint's (what differs, and how to fix it),
-            or ``strict`` found missing/unexpected keys.
+            a tensor's shape differs from the model's (a size mismatch, never broadcast), or ``strict`` found
+            missing/unexpected keys. Every key is checked before anything is copied, so a refused checkpoint
+            leaves the model as it was.
 
     Example:
         >>> import torch, torch.nn as nn, frostline
@@ -113,27 +115,34 @@ def load_trainable_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]
     model_buffers = dict(model.named_buffers())
     expected = set(trainable_state_dict_keys(model))
     unexpected: list[str] = []
-    with torch.no_grad():
-        for key, value in state_dict.items():
-            name, at, kind = key.partition("@")
-            if at and "@" + kind != VALUES:
-                _load_partial(model, name, key, state_dict)
-            elif at:
-                if _index_key_of(state_dict, name) is None:
-                    raise FrostlineError(f"{key!r} has no index entry beside it ({name}@rows<d> or {name}@elements); "
-                                         "was the checkpoint written by frostline.trainable_state_dict?")
-            elif key in params and key in expected:
-                params[key].copy_(value)
-            elif key in params:
-                raise FrostlineError(_mismatch(model, key, f"trains {key} whole"))
-            elif key in model_buffers:
-                model_buffers[key].copy_(value)
-            else:
-                unexpected.append(key)
+    whole: list[tuple[Tensor, Tensor]] = []
+    partial: list[tuple[PartialTensor, Tensor, Tensor]] = []
+    # every key is checked before anything is copied: a refused checkpoint leaves the model as it was
+    for key, value in state_dict.items():
+        name, at, kind = key.partition("@")
+        if at and "@" + kind != VALUES:
+            partial.append(_check_partial(model, name, key, state_dict))
+        elif at:
+            if _index_key_of(state_dict, name) is None:
+                raise FrostlineError(f"{key!r} has no index entry beside it ({name}@rows<d> or {name}@elements); "
+                                     "was the checkpoint written by frostline.trainable_state_dict?")
+        elif key in params and key in expected:
+            whole.append((params[key], _same_shape(key, value, params[key], "parameter")))
+        elif key in params:
+            raise FrostlineError(_mismatch(model, key, f"trains {key} whole"))
+        elif key in model_buffers:
+            whole.append((model_buffers[key], _same_shape(key, value, model_buffers[key], "buffer")))
+        else:
+            unexpected.append(key)
     missing = sorted(expected - set(state_dict))
     if strict and (missing or unexpected):
         raise FrostlineError(f"load_trainable_state_dict(strict=True): missing keys {missing}, unexpected keys "
                              f"{unexpected}; freeze the model as the saved one was, or pass strict=False")
+    with torch.no_grad():
+        for target, value in whole:
+            target.copy_(value)
+        for part, values, index in partial:
+            part.load_trainable(values, index)
     return IncompatibleKeys(missing, unexpected)
 
 
@@ -158,7 +167,9 @@ def _index_key_of(state_dict: Mapping[str, Tensor], name: str) -> str | None:
     return next((k for k in state_dict if k.startswith(name + "@") and k != name + VALUES), None)
 
 
-def _load_partial(model: nn.Module, name: str, key: str, state_dict: Mapping[str, Tensor]) -> None:
+def _check_partial(model: nn.Module, name: str, key: str,
+                   state_dict: Mapping[str, Tensor]) -> tuple[PartialTensor, Tensor, Tensor]:
+    """The partial tensor ``name``, its checkpointed trainable values and their index, once they fit the model."""
     part = get_partial(model, name)
     if part is None:
         raise FrostlineError(_mismatch(model, name, f"trains part of {name} ({key})"))
@@ -170,7 +181,24 @@ def _load_partial(model: nn.Module, name: str, key: str, state_dict: Mapping[str
         raise FrostlineError(
             f"the checkpoint trains other elements of {name} ({key}, {state_dict[key].numel()} entries) than the "
             f"model ({_index_key(name, layout.dim)}, {mine.numel()} entries); freeze the model as the saved one was")
-    part.load_trainable(state_dict[name + VALUES], mine)
+    shape = list(layout.shape) if layout.dim is not None else [0]  # slices along dim, or flat elements
+    shape[layout.dim or 0] = mine.numel()
+    values = state_dict[name + VALUES]
+    if tuple(values.shape) != tuple(shape):
+        raise FrostlineError(
+            f"size mismatch for {name + VALUES!r}: the checkpoint holds shape {tuple(values.shape)}, the model's "
+            f"trainable part of {name} ({key}) has shape {tuple(shape)}; load the checkpoint written by "
+            "frostline.trainable_state_dict of a model frozen as this one is")
+    return part, values, mine
+
+
+def _same_shape(key: str, value: Tensor, target: Tensor, kind: str) -> Tensor:
+    """``value`` when it has ``target``'s exact shape (``copy_`` would broadcast a (1, 4) into a (2, 4))."""
+    if value.shape != target.shape:
+        raise FrostlineError(
+            f"size mismatch for {key!r}: the checkpoint holds shape {tuple(value.shape)}, the model's {kind} has "
+            f"shape {tuple(target.shape)}; load a checkpoint written for this model's architecture")
+    return value
 
 
 def _mismatch(model: nn.Module, name: str, saved: str) -> str:

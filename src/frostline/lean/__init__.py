@@ -25,9 +25,11 @@ and only when autograd records the call: a frozen region with nothing trainable 
 A parameter-free module (ReLU, pooling) runs lean when the next module with parameters is fully frozen, so the
 ReLU beside a trainable first layer drops its output too. Modules not listed keep PyTorch's behaviour.
 
-``lean=None`` keeps each module's current choice, and gives newly frozen modules the default (True: exact, and in
-``benchmarks/lean.py`` the seed CNN keeps 1/25 of plain freezing's memory at 1.02x its step time; MiniLM 1.00x);
-``lean=False`` keeps PyTorch's own forward; ``unfreeze`` restores the plain forward.
+``lean=None`` keeps each module's current choice, and gives newly frozen modules the default,
+``frostline.lean.DEFAULT`` (True: exact, and in ``benchmarks/lean.py`` the seed CNN keeps 1/25 of plain freezing's
+memory at 1.02x its step time; MiniLM 1.00x). ``frostline.lean.DEFAULT = False`` makes later ``freeze`` calls
+without ``lean=`` keep PyTorch's forward (it is read at each call; modules frozen before keep their choice);
+``lean=False`` does so for one call; ``unfreeze`` restores the plain forward.
 
 >>> import torch, torch.nn as nn, frostline
 >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
@@ -41,7 +43,9 @@ ReLU beside a trainable first layer drops its output too. Modules not listed kee
 
 from __future__ import annotations
 
-from ._core import DEFAULT, keeps, refresh
+DEFAULT: bool = True  # read by every freeze(..., lean=None) call: set frostline.lean.DEFAULT = False to turn it off
+
+from ._core import keeps, refresh  # noqa: E402  (after DEFAULT, which _core reads from this module)
 from .measure import saved_bytes
 
 __all__ = ["DEFAULT", "keeps", "refresh", "saved_bytes"]

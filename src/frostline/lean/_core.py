@@ -20,7 +20,16 @@ from ..errors import FreezeError
 from . import activation, conv, norm, pool
 
 CHOICE = "_frostline_lean"
-DEFAULT = True  # freeze(..., lean=None) on newly frozen modules: exact, <= 1.05x step time (benchmarks/lean.py)
+
+
+def _default() -> bool:
+    """``frostline.lean.DEFAULT`` now: users set it on the package, so it is read there on every call, never
+    copied (a copy taken at import would ignore ``frostline.lean.DEFAULT = False``)."""
+    from .. import lean
+
+    if not isinstance(lean.DEFAULT, bool):
+        raise FreezeError(f"frostline.lean.DEFAULT must be True or False, not {lean.DEFAULT!r}")
+    return lean.DEFAULT
 
 _NATIVE: list[tuple[type, None, str]] = [  # PyTorch already keeps the least for these; recorded for explain
     (nn.Linear, None, "the weight only (PyTorch drops a frozen Linear's input)"),
@@ -89,11 +98,11 @@ def refresh(model: nn.Module, lean: bool | None) -> None:
     Args:
         model (nn.Module): the model.
         lean (bool | None): the choice for modules that became eligible since the last call; None gives them
-            :data:`DEFAULT`. Modules already eligible keep their choice; modules no longer eligible lose the lean
-            forward and their choice.
+            ``frostline.lean.DEFAULT`` as it is at this call. Modules already eligible keep their choice; modules
+            no longer eligible lose the lean forward and their choice.
 
     Raises:
-        FreezeError: ``lean`` is not True, False or None.
+        FreezeError: ``lean`` (or ``frostline.lean.DEFAULT``) is not True, False or None.
 
     Example:
         >>> import torch.nn as nn, frostline
@@ -116,7 +125,7 @@ def refresh(model: nn.Module, lean: bool | None) -> None:
             continue
         choice = module.__dict__.get(CHOICE)
         if choice is None:  # newly eligible: this call's lean, or the default
-            choice = module.__dict__[CHOICE] = DEFAULT if lean is None else lean
+            choice = module.__dict__[CHOICE] = _default() if lean is None else lean
         forward = found[0]
         if choice and forward is not None and not _ours(module):
             module.__dict__["forward"] = functools.partial(forward, module)

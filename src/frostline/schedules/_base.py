@@ -4,6 +4,14 @@ A schedule divides the parameters it manages into *groups* (bottom to top) and, 
 groups are frozen and, optionally, a learning-rate factor per trainable group. The base class turns that plan
 into ``freeze``/``unfreeze`` calls, brings the optimizer along with :func:`frostline.optim.sync` (never a
 rebuild), scales learning rates, logs and records what changed, and checkpoints all of it by parameter name.
+
+Who owns a parameter the user froze: a schedule given its groups (a spec, ``groups=[...]``; ``UnfreezeAt``
+always) owns what they name, whoever froze it first: what is fully frozen when it starts (or restores) is its
+own to unfreeze, as in Lightning's ``BackboneFinetuning`` (freeze the backbone, unfreeze it at epoch N). A schedule
+whose groups are derived (``groups=None``: :func:`frostline.layer_groups`) never unfreezes what it did not freeze
+(unless its class overrides ``_claim``, as ``LayerwiseSampling`` does for its blocks), and every ``Change`` says how
+many tensors stay frozen because the user froze them. Partially frozen tensors are left to their strategy (their
+frozen elements never train), and each ``Change`` says so too.
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ class Change:
     """One change a schedule made to the freeze state: what ``step`` returns and ``Schedule.history`` keeps.
 
     ``frozen``/``unfrozen`` are parameter names; ``groups`` names the affected groups for humans; ``optimizer``
-    is what :func:`frostline.optim.sync` reported (None without an optimizer; not checkpointed).
+    is what :func:`frostline.optim.sync` reported (None without an optimizer; not checkpointed). ``kept`` names
+    what the plan trains but stays fully frozen because the user froze it and the schedule does not own it;
+    ``kept_partial`` the partially frozen tensors of its groups, left to their strategy whatever the plan says.
     """
 
     epoch: int | None
@@ -43,6 +53,8 @@ class Change:
     groups: list[str] = field(default_factory=list)
     reason: str = ""
     optimizer: Any = None
+    kept: list[str] = field(default_factory=list)
+    kept_partial: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         when = ", ".join(f"{k} {v}" for k, v in (("epoch", self.epoch), ("step", self.step)) if v is not None)
@@ -54,17 +66,25 @@ class Change:
         text = f"{when or 'start'}: {' and '.join(what) or 'no change'} ({', '.join(self.groups)})"
         if self.reason:
             text += f"; {self.reason}"
+        if self.kept:
+            text += (f"; {_tensors(self.kept)} frozen: frozen by you, not by the schedule (it takes over what "
+                     "you froze only when its groups= name it at its first step)")
+        if self.kept_partial:
+            text += (f"; {_tensors(self.kept_partial)} partially frozen: frozen by you, not by the schedule "
+                     "(their frozen elements never train)")
         if self.optimizer is not None:
             text += f"; optimizer: {self.optimizer}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "step": self.step, "frozen": list(self.frozen),
-                "unfrozen": list(self.unfrozen), "groups": list(self.groups), "reason": self.reason}
+                "unfrozen": list(self.unfrozen), "groups": list(self.groups), "reason": self.reason,
+                "kept": list(self.kept), "kept_partial": list(self.kept_partial)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Change:
-        return cls(**{k: data[k] for k in ("epoch", "step", "frozen", "unfrozen", "groups", "reason")})
+        kept = {k: list(data.get(k, [])) for k in ("kept", "kept_partial")}  # absent from older checkpoints
+        return cls(**{k: data[k] for k in ("epoch", "step", "frozen", "unfrozen", "groups", "reason")}, **kept)
 
 
 @dataclass
@@ -108,7 +128,8 @@ class Schedule:
         self._group_specs = None if groups is None else list(groups)
         self._groups: list[list[str]] | None = None
         self._frozen_groups: frozenset[int] = frozenset()
-        self._mine: set[str] = set()  # what this schedule froze; it never unfreezes anything else
+        self._mine: set[str] = set()  # what this schedule froze or owns; it never unfreezes anything else
+        self._started = False  # the first step (or restore) takes over what explicit groups name
         self._epoch: int | None = None
         self._step: int | None = None
         self._pending: dict[str, Any] | None = None
@@ -157,9 +178,11 @@ class Schedule:
             self._groups = self._resolve(model)
         if self._pending is not None:
             self.restore(model, optimizer)
+        claimed = 0 if self._started else self._claim(model)
+        self._started = True
         plan = self.plan(epoch, step)
         change = None
-        if plan.frozen != self._frozen_groups:
+        if plan.frozen != self._frozen_groups or claimed:  # what it took over may have to be unfrozen now
             change = self._apply(model, plan, epoch, step)
         if optimizer is not None:
             if change is not None or self._optimizer_ref is None or self._optimizer_ref() is not optimizer:
@@ -233,6 +256,8 @@ class Schedule:
         if self.total_steps is None:
             self.total_steps = state.get("total_steps")
         self._load_extra_state(state.get("state", {}))
+        self._claim(model)  # the resuming script may have frozen them again: the checkpoint's state wins
+        self._started = True
         self._set_frozen(model, set(state["frozen"]))
         self._frozen_groups = frozenset(state["frozen_groups"])
         if optimizer is not None and state.get("optimizer_layout") is not None:
@@ -258,19 +283,47 @@ class Schedule:
             raise FrostlineError(f"{type(self).__name__} found no parameters to schedule")
         return groups
 
+    def _claim(self, model: nn.Module) -> int:
+        """Take over what the explicit groups name and the user froze fully before this schedule started; the
+        number taken over. Derived groups (``groups=None``) take nothing: the user's freeze stays theirs."""
+        if self._group_specs is None:
+            return 0
+        tensors = dict(named_logical_parameters(model))
+        claimed = [n for g in self.groups for n in g if n not in self._mine and n in tensors
+                   and not tensors[n].requires_grad and get_partial(model, n) is None]
+        if claimed:
+            self._mine |= set(claimed)
+            log.info("%s takes over %d tensors frozen before it (its spec names them), e.g. %s: it unfreezes them "
+                     "when its plan says so", type(self).__name__, len(claimed), claimed[:3])
+        return len(claimed)
+
     def _apply(self, model: nn.Module, plan: Plan, epoch: int | None, step: int | None) -> Change:
         before = set(self._mine)
         target = {n for i in plan.frozen for n in self.groups[i]}
         self._set_frozen(model, target)
-        touched = sorted(plan.frozen ^ self._frozen_groups)
+        moved = before ^ self._mine
+        touched = sorted(set(plan.frozen ^ self._frozen_groups)
+                         | {i for i, g in enumerate(self.groups) if any(n in moved for n in g)})
         self._frozen_groups = plan.frozen
+        kept, kept_partial = self._kept(model, target)
         return Change(epoch, step, frozen=self._ordered(self._mine - before),
                       unfrozen=self._ordered(before - self._mine),
-                      groups=[self._labels()[i] for i in touched], reason=plan.reason)
+                      groups=[self._labels()[i] for i in touched], reason=plan.reason,
+                      kept=kept, kept_partial=kept_partial)
+
+    def _kept(self, model: nn.Module, target: set[str]) -> tuple[list[str], list[str]]:
+        """What the user froze in this schedule's groups and it leaves as it is: fully frozen ones the plan
+        trains (not its own to unfreeze), and partially frozen ones (left to their strategy)."""
+        tensors = dict(named_logical_parameters(model))
+        names = [n for g in self.groups for n in g]
+        partial = [n for n in names if get_partial(model, n) is not None]
+        kept = [n for n in names if n not in target and n not in self._mine and n in tensors
+                and not tensors[n].requires_grad and get_partial(model, n) is None]
+        return kept, partial
 
     def _set_frozen(self, model: nn.Module, target: set[str]) -> None:
-        """Make exactly ``target`` frozen by this schedule: unfreeze only what it froze itself, and leave
-        parameters the user froze (or froze partially) alone."""
+        """Make exactly ``target`` frozen by this schedule: unfreeze only what it froze itself or took over
+        (:meth:`_claim`), and leave other parameters the user froze (or froze partially) alone."""
         tensors = dict(named_logical_parameters(model))
         missing = sorted((target | self._mine) - tensors.keys())
         if missing:
@@ -311,6 +364,10 @@ class Schedule:
         where = ", ".join(f"{k}={v}" for k, v in (("epoch", self._epoch), ("step", self._step)) if v is not None)
         frozen = f"{len(self._frozen_groups)}/{len(self._groups)} groups frozen" if self._groups else "not started"
         return f"{type(self).__name__}({frozen}{', ' + where if where else ''})"
+
+
+def _tensors(names: list[str]) -> str:
+    return f"{len(names)} tensor stays" if len(names) == 1 else f"{len(names)} tensors stay"
 
 
 def _common_module(names: list[str]) -> str:

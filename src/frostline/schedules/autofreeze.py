@@ -36,7 +36,8 @@ class AutoFreeze(Schedule):
     Args:
         every_n_steps (int): optimizer steps between decisions (the paper: a tenth of training).
         percentile (float): which percentile of the changes marks a group as still learning, in [0, 100].
-        groups: selector specs or name lists, bottom to top; default :func:`frostline.layer_groups`.
+        groups: selector specs or name lists, bottom to top; default :func:`frostline.layer_groups`. Given
+            groups are the schedule's, even what you froze before its first step; derived ones leave it frozen.
 
     Example:
         >>> import torch, torch.nn as nn

@@ -17,7 +17,9 @@ class GradualUnfreeze(Schedule):
 
     Args:
         groups: selector specs (see :func:`frostline.select`) or name lists, bottom to top; default
-            :func:`frostline.layer_groups` of the model (BERT: embeddings, each layer, pooler/head).
+            :func:`frostline.layer_groups` of the model (BERT: embeddings, each layer, pooler/head). Given
+            groups are the schedule's, even what you froze before its first step; derived ones leave what you
+            froze frozen, and each ``Change`` says how many tensors that is.
         every (int): epochs per period.
         lr_divisor (float | None): discriminative fine-tuning: a trainable group ``d`` groups below the top gets
             ``lr / lr_divisor ** d`` (ULMFiT uses 2.6). None leaves learning rates alone.

@@ -30,7 +30,8 @@ class ProgressiveFreeze(Schedule):
         total_steps (int | None): optimizer steps in training; the Lightning and transformers callbacks fill
             it in from the trainer when None.
         scale_lr (bool): scale each group's initial lr by ``1 / t_i``.
-        groups: selector specs or name lists, bottom to top; default :func:`frostline.layer_groups`.
+        groups: selector specs or name lists, bottom to top; default :func:`frostline.layer_groups`. Given
+            groups are the schedule's, even what you froze before its first step; derived ones leave it frozen.
 
     Example:
         >>> import torch, torch.nn as nn

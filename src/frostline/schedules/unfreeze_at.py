@@ -16,6 +16,10 @@ class UnfreezeAt(Schedule):
     factor every epoch until it reaches the full lr after ``warmup_epochs`` epochs (Lightning's multiplicative
     ``lambda_func`` with ``should_align=True``); with 0 it stays at ``lr_factor`` times the lr.
 
+    It owns what ``spec`` selects, whoever froze it first: freeze the backbone yourself (in the module's
+    ``__init__``, as with Lightning's ``BackboneFinetuning``) and it still trains from ``epoch`` on (a log line
+    says the schedule took it over). Partially frozen tensors in it stay as you froze them.
+
     Args:
         spec: what to hold back, e.g. ``"backbone"`` or ``"encoder"`` (see :func:`frostline.select`).
         epoch (int): the first epoch in which it trains.

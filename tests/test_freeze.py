@@ -33,8 +33,7 @@ def test_is_frozen_and_frozen_names():
     assert frozen_names(model) == ["features.0.weight", "features.0.bias"]
     with pytest.raises(SelectionError, match="features.0.weight"):
         is_frozen(model, "features.0.wieght")
-    with pytest.raises(SelectionError, match="module"):
-        is_frozen(model, "features.0")
+    assert is_frozen(model, "features.0") is True and is_frozen(model, "head") is False  # a module: its parameters
 
 
 def test_strategy_without_rows_is_an_error():
@@ -171,3 +170,38 @@ def test_compiled_model_follows_every_change_of_the_frozen_set():
         for name, param in compiled_model.named_parameters():
             if param.grad is not None:
                 torch.testing.assert_close(param.grad, grads[name], rtol=1e-4, atol=1e-5)
+
+
+def test_first_hour_is_frozen_answers_for_a_module():
+    model = tiny_resnet()
+    freeze(model, ["layer1", "layer2.0"])
+    freeze(model, "fc.weight", rows=[0, 1])
+    assert is_frozen(model, "layer1") is True           # every parameter beneath is frozen
+    assert is_frozen(model, "layer3") is False          # every parameter beneath trains
+    assert is_frozen(model, "layer2") == "partial"      # mixed
+    assert is_frozen(model, "fc") == "partial"          # a partially frozen tensor beneath
+    assert is_frozen(model, "layer1.0.bn1.weight") is True and is_frozen(model, "fc.bias") is False
+    unfreeze(model, "layer1.1")
+    assert is_frozen(model, "layer1") == "partial" and is_frozen(model, "layer1.0") is True
+    with pytest.raises(SelectionError, match="closest names"):
+        is_frozen(model, "layer7")
+
+
+@pytest.mark.parametrize("call", [lambda m: freeze(m, "0"), lambda m: freeze(m, "1.weight", rows=[0]),
+                                  lambda m: unfreeze(m, "0")], ids=["freeze", "freeze-rows", "unfreeze"])
+def test_first_hour_freeze_inside_inference_mode_is_refused(call):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    with torch.inference_mode(), pytest.raises(FreezeError, match=r"inside torch\.inference_mode\(\)"):
+        call(model)
+    assert all(p.requires_grad for p in model.parameters()) and frozen_names(model) == []  # nothing half-done
+    call(model)  # outside it works, and training then moves exactly what trains
+    names = ["0.weight", "0.bias", "1.weight", "1.bias"]
+    before = {name: model.get_parameter(name).detach().clone() for name in names}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    for name in names:
+        assert torch.equal(model.get_parameter(name).detach(), before[name]) is (is_frozen(model, name) is True), name
+    if is_frozen(model, "1.weight") == "partial":
+        assert torch.equal(model[1].weight[0].detach(), before["1.weight"][0])

@@ -1,8 +1,11 @@
 import pytest
+import torch
+from torch import nn
 
 import frostline
 from frostline import freeze_to, frozen_names, layer_groups
-from frostline.models import seed_cnn, small_cnn, tiny_resnet
+from frostline.models import BasicBlock, seed_cnn, small_cnn, tiny_resnet
+from frostline.schedules import GradualUnfreeze
 
 
 def _flat(groups):
@@ -46,7 +49,7 @@ def test_freeze_to_fastai_semantics():
     assert frozen_names(model) == _flat(groups[:2])
     freeze_to(model, 0)
     assert frozen_names(model) == []
-    freeze_to(model, 100)
+    freeze_to(model, len(groups))
     assert frozen_names(model) == _flat(groups)
 
 
@@ -65,3 +68,87 @@ def test_a_body_and_a_head_are_two_groups():
     assert [g[0] for g in groups] == ["features.0.weight", "head.1.weight"]
     frostline.freeze_to(model, -1)
     assert frostline.frozen_names(model) == groups[0]
+
+
+class _Stages(nn.Module):
+    """A ResNet written by hand: a stem (conv1, bn1), stages layer1..layer4 (one block each) and, with a head, fc."""
+
+    def __init__(self, head: bool = True, width: int = 4):
+        super().__init__()
+        self.conv1, self.bn1, self.relu = nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        for i in range(1, 5):
+            setattr(self, f"layer{i}", nn.Sequential(BasicBlock(width, width)))
+        self.fc = nn.Linear(width, 3) if head else None
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(x.mean((2, 3))) if self.fc is not None else x
+
+
+class _BodyAndHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.fc = _Stages(head=False), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.body(x).mean((2, 3)))
+
+
+class _Wrapper(nn.Module):  # e.g. a LightningModule holding the network
+    def __init__(self):
+        super().__init__()
+        self.net = _Stages()
+
+    def forward(self, x):
+        return self.net(x)
+
+
+_STAGES = ["stem", "layer1", "layer2", "layer3", "layer4", "fc"]
+
+
+def _stage(name):
+    part = [p for p in name.split(".") if p in _STAGES[1:]]
+    return part[0] if part else "stem"
+
+
+@pytest.mark.parametrize("make, prefix", [(_Stages, ""), (_BodyAndHead, "body."), (_Wrapper, "net.")],
+                         ids=["stem-layers-fc", "body-and-head", "wrapped"])
+def test_first_hour_hand_written_resnet_has_one_group_per_stage(make, prefix):
+    model = make()
+    groups = layer_groups(model)
+    assert [sorted({_stage(n) for n in g}) for g in groups] == [[s] for s in _STAGES]
+    assert groups[0] == [f"{prefix}conv1.weight", f"{prefix}bn1.weight", f"{prefix}bn1.bias"]
+    assert sorted(_flat(groups)) == sorted(n for n, _ in model.named_parameters())
+
+
+def test_first_hour_gradual_unfreeze_and_layer_decay_go_stage_by_stage():
+    torch.manual_seed(0)
+    model = _BodyAndHead()
+    lr_of = {n: g["lr"] for g in frostline.param_groups(model, lr=1.0, layer_decay=0.5) for n in g["param_names"]}
+    assert {_stage(n): lr for n, lr in lr_of.items()} == {s: 0.5 ** (5 - i) for i, s in enumerate(_STAGES)}
+    schedule = GradualUnfreeze()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(2, 3, 6, 6)
+    for epoch in range(6):
+        schedule.step(model, optimizer, epoch=epoch)
+        training = [s for s in _STAGES if frostline.is_frozen(model, "fc" if s == "fc" else
+                                                              "body." + ("conv1" if s == "stem" else s)) is False]
+        assert training == _STAGES[len(_STAGES) - 1 - epoch:]  # one more stage from the top each epoch
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        optimizer.zero_grad()
+        model(x).sum().backward()
+        optimizer.step()
+        for name, param in model.named_parameters():  # frozen stages bit-identical, training ones moved
+            assert torch.equal(param.detach(), before[name]) is (_stage(name) not in training), (epoch, name)
+
+
+@pytest.mark.parametrize("n", [9, -10, 100])
+def test_first_hour_freeze_to_past_the_last_group_is_an_error(n):
+    model = tiny_resnet()  # 8 groups: stem, 6 blocks, fc
+    with pytest.raises(ValueError, match=rf"freeze_to\(model, {n}\): the model has 8 layer groups; n must be in "
+                                         r"-8\.\.8 \(8 freezes every group, -1 trains only the last\)"):
+        freeze_to(model, n)
+    assert frozen_names(model) == []  # nothing was changed
+    freeze_to(model, -8)
+    assert frozen_names(model) == []

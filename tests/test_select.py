@@ -95,3 +95,22 @@ def test_a_module_without_parameters_is_named_as_such():
         select(model, "1")
     with pytest.raises(SelectionError, match=r"1 \(BatchNorm2d\), 2 \(ReLU\)"):
         select(model, ["0", "[12]"])
+
+
+@pytest.mark.parametrize("spec", [r"layer[12]\..*", r"^fc", r"layer(1|2)\.0", r"layer\d.*"])
+def test_first_hour_a_regex_written_as_a_glob_suggests_re_compile(spec):
+    model = tiny_resnet()
+    with pytest.raises(SelectionError) as info:
+        select(model, spec)
+    message = str(info.value)
+    assert message.startswith(f"pattern {spec!r} matches no parameter; closest names: ")
+    assert message.endswith(f"; this looks like a regular expression; pass re.compile(r'{spec}') to match by regex")
+    assert select(model, re.compile(spec.lstrip("^") + ("" if spec.endswith("*") else ".*")))  # the advice works
+
+
+def test_first_hour_a_glob_typo_gets_no_regex_advice():
+    model = tiny_resnet()
+    for spec in ["lyer1.*", "layer1.0.conv3.weight", "fc.weigth"]:
+        with pytest.raises(SelectionError) as info:
+            select(model, spec)
+        assert "closest names" in str(info.value) and "regular expression" not in str(info.value)

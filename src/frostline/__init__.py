@@ -21,8 +21,26 @@ from .guard import Snapshot, guard, snapshot
 from .optim import optimizer, param_groups, sync
 from .select import select
 from .summary import Summary, summary
+from .spectrum import spectrum
+from .tokens import token_rows, train_token_rows
 
 __version__ = "0.1.0"
+
+# Imported on first use, so that ``import frostline`` imports no framework (lightning, transformers) and
+# ``frostline.integrations.lightning.FreezeCallback`` still works after a bare ``import frostline``.
+_LAZY = ("integrations", "models", "schedules")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "Explanation",
@@ -47,9 +65,12 @@ __all__ = [
     "param_groups",
     "select",
     "snapshot",
+    "spectrum",
     "summary",
     "trainable_state_dict",
     "sync",
+    "token_rows",
+    "train_token_rows",
     "unfreeze",
     "with_ids",
 ]

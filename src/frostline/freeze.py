@@ -17,11 +17,12 @@ from __future__ import annotations
 import functools
 from typing import Literal, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ._state import get_partial, named_logical_parameters
 from .distributed import check_change  # refuses changes a live DDP wrapper could not follow
-from .errors import FreezeError, SelectionError
+from .errors import FreezeError
 from .select import Spec, select
 
 __all__ = ["freeze", "unfreeze", "is_frozen", "frozen_names"]
@@ -35,6 +36,14 @@ _DROPOUTS = (nn.modules.dropout._DropoutNd,)
 
 def _partial_request(rows, mask) -> bool:
     return rows is not None or mask is not None
+
+
+def _refuse_inference_mode(action: str) -> None:
+    if torch.is_inference_mode_enabled():
+        raise FreezeError(f"{action} cannot run inside torch.inference_mode(): what it creates there (a partial "
+                          "freeze's storage, masks and saved values) would be inference tensors, which autograd "
+                          f"refuses for good, so the model could not train; call {action} outside the "
+                          "inference_mode block (inside torch.no_grad() is fine)")
 
 
 def freeze(
@@ -65,14 +74,15 @@ def freeze(
         eval_frozen (bool): keep frozen running-statistics norms and dropout in inference behaviour, even after a
             later ``model.train()`` (Keras ``trainable=False`` semantics). False keeps PyTorch's default.
         lean (bool): run fully frozen modules through autograd functions that keep only what input gradients
-            need (see :mod:`frostline.lean`). None means frostline's default.
+            need (see :mod:`frostline.lean`). None means ``frostline.lean.DEFAULT`` as it is now (True unless you
+            set it).
 
     Returns:
         nn.Module: ``model`` itself.
 
     Raises:
         SelectionError: ``spec`` matches nothing.
-        FreezeError: bad ``rows``/``mask``/``dim``/``strategy``.
+        FreezeError: bad ``rows``/``mask``/``dim``/``strategy``, or called inside ``torch.inference_mode()``.
 
     Example:
         >>> import torch.nn as nn, frostline
@@ -80,6 +90,7 @@ def freeze(
         >>> m.bias.requires_grad, m.weight.requires_grad
         (False, True)
     """
+    _refuse_inference_mode("freeze")
     if _partial_request(rows, mask):
         from .partial import refuse_non_parameter
 
@@ -121,6 +132,7 @@ def unfreeze(
         >>> m.weight.requires_grad
         True
     """
+    _refuse_inference_mode("unfreeze")
     names = select(model, spec)
     check_change(model, names, freezing=False, partial=_partial_request(rows, mask))
     if _partial_request(rows, mask):
@@ -142,7 +154,11 @@ def unfreeze(
 
 
 def is_frozen(model: nn.Module, name: str) -> bool | Literal["partial"]:
-    """True if parameter ``name`` is frozen, False if it trains, ``"partial"`` if some elements are frozen.
+    """Whether parameter or module ``name`` is frozen: True, False (it trains) or ``"partial"``.
+
+    For a parameter, ``"partial"`` means some of its elements are frozen (``freeze(..., rows=/mask=)``). For a
+    module (or any spec :func:`frostline.select` takes), the answer covers every parameter beneath it: True when
+    all are frozen, False when all train, ``"partial"`` when they are mixed or one of them is partially frozen.
 
     Example:
         >>> import torch.nn as nn, frostline
@@ -150,17 +166,16 @@ def is_frozen(model: nn.Module, name: str) -> bool | Literal["partial"]:
         >>> _ = frostline.freeze(model, "2.weight", rows=[0])
         >>> [frostline.is_frozen(model, name) for name in ("0.bias", "2.weight", "2.bias")]
         [True, 'partial', False]
+        >>> [frostline.is_frozen(model, module) for module in ("0", "2")]
+        [True, 'partial']
 
     Raises:
-        SelectionError: ``name`` is not a parameter of the model (the message names the closest ones).
+        SelectionError: ``name`` names no parameter or module of the model (the message names the closest ones).
     """
     tensors = dict(named_logical_parameters(model, remove_duplicate=False))
-    if name not in tensors:
-        select(model, name)  # raises with the closest names, or selects a module
-        raise SelectionError(f"{name!r} names a module, not a parameter; ask about e.g. {name}.weight")
-    if get_partial(model, name) is not None:
-        return "partial"
-    return not tensors[name].requires_grad
+    names = [name] if name in tensors else select(model, name)
+    states = {"partial" if get_partial(model, n) is not None else not tensors[n].requires_grad for n in names}
+    return states.pop() if len(states) == 1 else "partial"
 
 
 def frozen_names(model: nn.Module) -> list[str]:

@@ -39,6 +39,26 @@ def _expandable(module: nn.Module) -> bool:
     return any(_expandable(child) for child in module.children())
 
 
+def _inner(module: nn.Module) -> nn.Module:
+    """The module a wrapper holds (a LightningModule's network): descend while there is one child with
+    parameters and no parameter of one's own."""
+    while not any(True for _ in module.parameters(recurse=False)):
+        children = [c for c in module.children() if _has_params(c)]
+        if len(children) != 1:
+            break
+        module = children[0]
+    return module
+
+
+def _staged(module: nn.Module) -> bool:
+    """A plain module made of stages, like a hand-written ResNet's body (stem, layer1..layer4): two or more
+    composite children. Its stages are groups, as a Sequential's blocks are."""
+    module = _inner(module)
+    if isinstance(module, _CONTAINERS):
+        return False
+    return sum(1 for c in module.children() if _has_params(c) and not _is_leaf(c)) >= 2
+
+
 def _walk(module: nn.Module, prefix: str, groups: list[list[tuple[str, bool]]]) -> None:
     """Append groups, each a list of ``(module prefix, recurse)`` owners, in forward order."""
     pending: list[tuple[str, bool]] = [(prefix, False)]  # the module's own direct parameters
@@ -49,11 +69,13 @@ def _walk(module: nn.Module, prefix: str, groups: list[list[tuple[str, bool]]]) 
             groups.append(list(pending))
             pending.clear()
 
+    kinds = [type(c) for c in module.children() if _has_params(c)]
     for child_name, child in module.named_children():
         if not _has_params(child):
             continue
         child_prefix = f"{prefix}{child_name}."
-        if _expandable(child):
+        # A repeated block stays whole even when made of parts (two BERT-style layers written as attributes).
+        if _expandable(child) or (not container and kinds.count(type(child)) == 1 and _staged(child)):
             flush()
             _walk(child, child_prefix, groups)
         elif container or not _is_leaf(child):
@@ -69,7 +91,9 @@ def layer_groups(model: nn.Module) -> list[list[str]]:
 
     The stem/embeddings, each repeated block of a ModuleList/Sequential (a BERT layer, a ResNet block, a CNN
     stage) and the head each form one group. Works on any ``nn.Module``: containers of composite blocks are
-    expanded, everything else stays whole, and consecutive single layers outside a container form one group.
+    expanded, and so are plain modules made of stages (a hand-written ResNet's body with its stem and
+    ``layer1..layer4``, also inside a wrapper); everything else stays whole, and consecutive single layers outside
+    a container form one group.
 
     Returns:
         list[list[str]]: parameter names per group (partially frozen tensors under their own name); every
@@ -82,7 +106,7 @@ def layer_groups(model: nn.Module) -> list[list[str]]:
     """
     owners: list[list[tuple[str, bool]]] = []
     parts = sum(1 for child in model.children() if _has_params(child))
-    if _expandable(model) or isinstance(model, _CONTAINERS) or parts >= 2:  # e.g. a body and a head
+    if _expandable(model) or isinstance(model, _CONTAINERS) or parts >= 2 or _staged(model):  # e.g. body, head
         _walk(model, "", owners)
     else:
         owners.append([("", True)])
@@ -102,6 +126,10 @@ def freeze_to(model: nn.Module, n: int, **freeze_kwargs) -> nn.Module:
 
     ``freeze_to(model, -1)`` trains only the head; ``freeze_to(model, 0)`` trains everything.
 
+    Raises:
+        ValueError: ``n`` lies past the last group (outside ``-len(groups)..len(groups)``).
+        TypeError: ``n`` is not an int.
+
     Example:
         >>> import frostline
         >>> from frostline.models import small_cnn
@@ -109,9 +137,14 @@ def freeze_to(model: nn.Module, n: int, **freeze_kwargs) -> nn.Module:
         >>> sorted({name.split(".")[0] for name in frostline.frozen_names(model)})
         ['features']
     """
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"freeze_to(model, n) takes an int n (the number of layer groups to freeze), got {n!r}")
     groups = layer_groups(model)
-    cut = n if n >= 0 else max(len(groups) + n, 0)
-    cut = min(cut, len(groups))
+    if not -len(groups) <= n <= len(groups):
+        raise ValueError(f"freeze_to(model, {n}): the model has {len(groups)} layer groups; n must be in "
+                         f"-{len(groups)}..{len(groups)} ({len(groups)} freezes every group, -1 trains only the "
+                         "last); see frostline.layer_groups(model)")
+    cut = n if n >= 0 else len(groups) + n
     frozen = [name for group in groups[:cut] for name in group]
     trained = [name for group in groups[cut:] for name in group]
     if trained:

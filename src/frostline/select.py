@@ -134,8 +134,28 @@ def _match(universe: _Universe, spec) -> set[int]:
         raise SelectionError(f"cannot select with a {type(spec).__name__}; use a glob string, a list of them, a "
                              "compiled regex, a module class, a module, a parameter or a (name, param) -> bool callable")
     if not hit:
-        raise SelectionError(f"{what} matches no parameter; closest names: {', '.join(universe.closest(spec))}")
+        advice = ""
+        if what.startswith("pattern") and _looks_like_regex(universe, spec):
+            advice = f"; this looks like a regular expression; pass re.compile(r'{spec}') to match by regex"
+        raise SelectionError(f"{what} matches no parameter; closest names: {', '.join(universe.closest(spec))}"
+                             f"{advice}")
     return hit
+
+
+# Regex syntax a glob never needs: parameter names hold no backslash, and fnmatch has no anchors, groups,
+# alternation or repetition counts.
+_REGEX_ONLY = re.compile(r"\\|[+^$(){}|]")
+
+
+def _looks_like_regex(universe: _Universe, spec: str) -> bool:
+    """True when a glob that matched nothing reads as a regex: regex-only syntax, or as a regex it would match."""
+    if _REGEX_ONLY.search(spec):
+        return True
+    try:
+        pattern = re.compile(spec)
+    except re.error:
+        return False
+    return bool(_by_name(universe, lambda name: pattern.fullmatch(name) is not None))
 
 
 def _match_list(universe: _Universe, specs: list) -> set[int]:
@@ -178,7 +198,7 @@ def select(model: nn.Module, spec: Spec = "*") -> list[str]:
 
     Raises:
         SelectionError: when a spec (or an entry of a list) matches nothing; the message names up to five
-        closest real names.
+            closest real names, and suggests ``re.compile`` when a glob that matched nothing reads as a regex.
 
     Example:
         >>> import torch.nn as nn, frostline

@@ -171,10 +171,26 @@ def test_findings_print_as_a_table():
 
 
 def test_cli_audit(capsys):
-    assert main(["audit", "small_cnn", "--freeze", "features"]) == 0
+    assert main(["audit", "small_cnn", "--freeze", "features"]) == 1  # an error-severity finding: exit 1, for CI
     out = capsys.readouterr().out
     assert "frozen-in-optimizer" in out and "weight decay 0.01" in out
     assert main(["audit", "small_cnn", "--freeze", "features", "--optimizer", "trainable", "--forward"]) == 0
     assert capsys.readouterr().out.strip() == "frostline audit: no findings"
     assert main(["audit", "small_cnn", "--freeze", "*", "--optimizer", "trainable"]) == 2
     assert "nothing to optimize" in capsys.readouterr().err
+
+
+def test_findings_fit_120_columns_and_table_keeps_the_detail(minilm):
+    """Long names and messages wrap at 120 columns by default; ``table(width=None)`` is one line per finding."""
+    plain_freeze(minilm, "embeddings")
+    plain_freeze(minilm, "encoder.layer.0.")
+    found = audit(minilm.train(), torch.optim.AdamW(minilm.parameters(), lr=0.1, weight_decay=0.1))
+    assert [f.code for f in found] == ["frozen-in-optimizer", "frozen-dropout-in-train-mode"]
+    text = str(found)
+    assert max(len(line) for line in text.splitlines()) <= 120
+    words = " ".join(text.split())  # wrapping moved words onto new lines, and lost none
+    assert all(f.message in words and f.fix in words for f in found)
+    assert "embeddings.word_embeddings.weight, embeddings.position_embeddings.weight," in text
+    wide = found.table(width=None)
+    assert max(len(line) for line in wide.splitlines()) > 120
+    assert f"{found[0].severity} {found[0].code}: {found[0].message}" in wide.splitlines()

@@ -159,3 +159,85 @@ def test_explain_says_what_lean_layers_keep() -> None:
     plain = frostline.explain(frostline.freeze(seed_cnn(), ["*", "!0"], lean=False), torch.randn(4, 3, 32, 32))
     assert plain.kept == {} and "lean:" not in str(plain)
     assert plain.total.activation_bytes > 10 * e.total.activation_bytes
+
+
+def long_named_cnn() -> nn.Module:
+    """Module names as long as a transformer's (``backbone_stage_one.block_zero.projection_convolution``)."""
+    from collections import OrderedDict
+
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(OrderedDict(projection_convolution=nn.Conv2d(cin, cout, 3, padding=1),
+                                         normalisation=nn.BatchNorm2d(cout), activation_function=nn.ReLU()))
+
+    def stage(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(OrderedDict(block_zero=block(cin, cout), block_one=block(cout, cout)))
+
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(backbone_stage_one=stage(3, 8), backbone_stage_two=stage(8, 8),
+                                     pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
+                                     classification_head=nn.Linear(8, 4)))
+
+
+def test_table_fits_120_columns_and_wide_keeps_the_detail():
+    model = frostline.freeze(long_named_cnn(), "backbone_stage_one")
+    e = frostline.explain(model, torch.randn(2, 3, 8, 8))
+    assert e.kept  # lean frozen modules: what they keep goes to a legend under the table
+    text = str(e)
+    assert max(len(line) for line in text.splitlines()) <= 120
+    words = " ".join(text.split())
+    assert all(what in words for what in e.kept.values()) and "lean: kept for backward" in text
+    assert all(r.name.rpartition(".")[2] in text for r in e.rows)  # long names wrap at their dots
+    wide = e.table(width=None)
+    assert max(len(line) for line in wide.splitlines()) > 120
+    row = e.row("backbone_stage_one.block_zero.projection_convolution")
+    line = next(ln for ln in wide.splitlines() if ln.startswith(row.name + " "))
+    assert _removed_text(e, row.name) in line and e.kept[row.name] in line  # one line per module, all of it
+
+
+def _removed_text(e, name):
+    from frostline.explain import _removed
+
+    return _removed(e.row(name), e.unfrozen_row(name))
+
+
+def test_plot_draws_flops_and_kept_memory_per_module_frozen_beside_unfrozen(tmp_path):
+    model = frostline.freeze(small_cnn(), "features")
+    e = frostline.explain(model, torch.randn(2, 3, 8, 8))
+    fig = e.plot(tmp_path / "explain.png")
+    assert (tmp_path / "explain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    flops_ax, memory_ax = fig.axes[:2]
+    names = [r.name for r in e.rows]
+    assert [t.get_text() for t in flops_ax.get_yticklabels()] == names
+    bars = {c.get_label(): [p.get_width() for p in c] for c in flops_ax.containers}
+    for kind in ("forward", "dgrad", "wgrad"):
+        assert bars[f"{kind}, as frozen"] == [getattr(r, f"{kind}_flops") for r in e.rows]
+        assert bars[f"{kind}, nothing frozen"] == [getattr(r, f"{kind}_flops") for r in e.unfrozen]
+    assert len(bars) == 6
+    memory = {c.get_label(): [p.get_width() for p in c] for c in memory_ax.containers}
+    assert memory["kept for backward, as frozen"] == [r.activation_bytes for r in e.rows]
+    assert memory["kept for backward, nothing frozen"] == [r.activation_bytes for r in e.unfrozen]
+    assert memory["optimizer state, as frozen"] == [r.optimizer_state_bytes for r in e.rows]
+    assert len(memory) == 4
+    assert e.status["features.0"] == "frozen" and e.status["features.2"] == "frozen"  # a ReLU: its block's
+    assert e.status["head.1"] == e.status["head.0"] == "trainable"
+    colour = {t.get_text(): t.get_color() for t in flops_ax.get_yticklabels()}
+    assert colour["features.0"] != colour["head.1"]  # frozen modules look different, and the legend says how
+    legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+    assert "frozen module" in legend and "trainable module" in legend
+
+
+def test_plot_without_matplotlib_says_how_to_install(monkeypatch):
+    e = frostline.explain(three_convs(), image())
+    import sys
+
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")] or ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # "import matplotlib..." now fails, as when not installed
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        e.plot()
+
+
+def test_cli_explain_plot(capsys, tmp_path):
+    assert main(["explain", "small_cnn", "--freeze", "features", "--batch", "2", "--plot",
+                 str(tmp_path / "p.png")]) == 0
+    assert f"wrote {tmp_path / 'p.png'}" in capsys.readouterr().out
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

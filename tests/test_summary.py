@@ -46,3 +46,17 @@ def test_optimizer_state_bytes():
 def test_tied_counted_once(tied_lm):
     s = frostline.summary(tied_lm)
     assert s.total == sum(p.numel() for p in tied_lm.parameters())
+
+
+def test_partial_column_fits_120_columns_and_table_keeps_the_detail():
+    from frostline.models import tiny_resnet
+
+    model = frostline.freeze(tiny_resnet(), ["layer1.*.weight", "conv1.weight"], rows=[0, 1])
+    s = frostline.summary(model)
+    partial = [r for r in s.rows if r.name == "layer1"][0].strategies
+    assert len(partial) == 8
+    text = str(s)
+    assert max(len(line) for line in text.splitlines()) <= 120
+    assert "0.conv1.weight (split), 0.bn1.weight (mask), 0.conv2.weight (split), ... (+5)" in text
+    wide = s.table(width=None)
+    assert ", ".join(partial) in wide and max(len(line) for line in wide.splitlines()) > 120

@@ -23,7 +23,7 @@ from typing import Iterable, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._table import human_bytes, render
+from ._table import WIDTH, brief, human_bytes, paragraph, render
 from .freeze import _DROPOUTS, _fully_frozen, _region
 
 __all__ = ["audit", "Finding", "Findings"]
@@ -48,23 +48,32 @@ class Finding:
 
 
 class Findings(list):
-    """A list of :class:`Finding`; ``str()`` renders a table followed by each message and fix."""
+    """A list of :class:`Finding`; ``str()`` renders a table followed by each message and fix, in at most 120
+    columns (``.table(width=None)``: one line each)."""
 
     def __str__(self) -> str:
+        return self.table()
+
+    def table(self, width: int | None = WIDTH) -> str:
+        """The table and each finding's message and fix, wrapped at ``width`` columns (None: one line each).
+
+        Example:
+            >>> import torch, torch.nn as nn, frostline
+            >>> model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+            >>> found = frostline.audit(model, torch.optim.AdamW(model[1].parameters(), lr=0.0))
+            >>> max(len(line) for line in found.table(width=60).splitlines()) <= 60
+            True
+        """
         if not self:
             return "frostline audit: no findings"
         counts = {s: sum(f.severity == s for f in self) for s in ("error", "warning", "info")}
         head = ", ".join(f"{n} {s}{'s' if n > 1 else ''}" for s, n in counts.items() if n)
-        rows = [[f.severity, f.code, str(len(f.names)), _brief(f.names)] for f in self]
-        table = render(["severity", "code", "count", "names"], rows,
+        rows = [[f.severity, f.code, str(len(f.names)), brief(f.names)] for f in self]
+        table = render(["severity", "code", "count", "names"], rows, width=width,
                        title=f"frostline audit: {len(self)} finding{'s' if len(self) > 1 else ''} ({head})")
-        details = [f"{f.severity} {f.code}: {f.message}\n  fix: {f.fix}" for f in self]
+        details = [paragraph(f"{f.severity} {f.code}: {f.message}", width, "  ") + "\n"
+                   + paragraph(f"  fix: {f.fix}", width, "       ") for f in self]
         return table + "\n\n" + "\n".join(details)
-
-
-def _brief(names: Sequence[str], keep: int = 3) -> str:
-    extra = f", ... (+{len(names) - keep})" if len(names) > keep else ""
-    return ", ".join(names[:keep]) + extra
 
 
 def _optimizers(optimizer) -> list[torch.optim.Optimizer]:

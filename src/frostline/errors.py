@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["FrostlineError", "SelectionError", "FreezeError", "FrozenParameterChanged", "CacheError"]
+__all__ = ["FrostlineError", "SelectionError", "FreezeError", "FrozenParameterChanged", "CacheError",
+           "ModelLoadError"]
 
 
 class FrostlineError(ValueError):
@@ -23,3 +24,7 @@ class FrozenParameterChanged(AssertionError):
 
 class CacheError(FrostlineError):
     """The feature cache cannot serve this model or input as asked (the message says why and what to do)."""
+
+
+class ModelLoadError(FrostlineError):
+    """A model named by an import path (``package.module:callable``) cannot be imported or built as asked."""

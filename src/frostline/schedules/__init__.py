@@ -10,6 +10,7 @@ Each one is driven by ``schedule.step(model, optimizer, epoch=..., step=...)`` a
 - :class:`UnfreezeAt`: a backbone frozen until an epoch, then trained at a lower lr (Lightning semantics).
 - :class:`ProgressiveFreeze`: FreezeOut, per-group cosine lr to zero, then frozen, bottom first.
 - :class:`AutoFreeze`: freeze leading groups whose gradient norms stopped changing.
+- :class:`LayerwiseSampling`: LISA, a random few of the repeated blocks train, resampled every few steps.
 
 The Lightning and transformers callbacks in :mod:`frostline.integrations` are thin shells over these.
 
@@ -29,7 +30,9 @@ The Lightning and transformers callbacks in :mod:`frostline.integrations` are th
 from ._base import Change, Plan, Schedule
 from .autofreeze import AutoFreeze
 from .gradual import GradualUnfreeze
+from .layerwise import LayerwiseSampling
 from .progressive import ProgressiveFreeze
 from .unfreeze_at import UnfreezeAt
 
-__all__ = ["AutoFreeze", "Change", "GradualUnfreeze", "Plan", "ProgressiveFreeze", "Schedule", "UnfreezeAt"]
+__all__ = ["AutoFreeze", "Change", "GradualUnfreeze", "LayerwiseSampling", "Plan", "ProgressiveFreeze", "Schedule",
+           "UnfreezeAt"]

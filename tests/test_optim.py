@@ -210,6 +210,7 @@ def test_sync_lr_factor_adds_a_group_like_lightning():
     opt = torch.optim.SGD(filter(lambda p: p.requires_grad, model.parameters()), lr=0.1, momentum=0.9)
     report = sync(opt, unfreeze(model, "features"), lr_factor=0.1)
     assert len(opt.param_groups) == 2 and report.groups_added == ["group 0/unfrozen"]
+    assert "to new group 'group 0/unfrozen'" in str(report)  # not "to group 0": a group of its own
     new = opt.param_groups[1]
     assert new["lr"] == pytest.approx(0.01) and new["momentum"] == 0.9
     assert [id(p) for p in new["params"]] == [id(p) for p in model.features.parameters()]

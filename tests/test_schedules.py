@@ -443,3 +443,18 @@ def test_importing_schedules_imports_no_framework():
             "print(sorted(m for m in ('lightning', 'pytorch_lightning', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_first_hour_the_change_names_the_group_a_parameter_really_joined() -> None:
+    # GradualUnfreeze with lr_divisor puts each newly trainable group in a group of its own; the log must say so
+    # (it said "to group 0", where sync first put them, before the lr split moved them)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    schedule = GradualUnfreeze(lr_divisor=2.6)
+    schedule.step(model, optimizer, epoch=0)
+    change = schedule.step(model, optimizer, epoch=1)
+    where = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
+    index = where[id(model[1].weight)]
+    assert index != 0 and optimizer.param_groups[index]["lr"] < 1e-3
+    assert change.optimizer.added["1.weight"] == f"group {index}"
+    assert f"1.weight to group {index}" in str(change)

@@ -273,9 +273,12 @@ class SyncReport:
             per_group: dict[str, int] = {}
             for group in self.added.values():
                 per_group[group] = per_group.get(group, 0) + 1
-            where = ", ".join(f"{n} to {g}" for g, n in per_group.items())
+            def to(group: str) -> str:  # a group sync created is named as such: it is no group the user had
+                return f"new group {group!r}" if group in self.groups_added else group
+
+            where = ", ".join(f"{n} to {to(g)}" for g, n in per_group.items())
             if len(self.added) <= 3:
-                where = ", ".join(f"{p} to {g}" for p, g in self.added.items())
+                where = ", ".join(f"{p} to {to(g)}" for p, g in self.added.items())
             parts.append(f"added {len(self.added)} ({where})")
         if self.removed:
             parts.append(f"removed {len(self.removed)}")

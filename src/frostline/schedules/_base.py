@@ -190,6 +190,8 @@ class Schedule:
                 if change is not None:
                     change.optimizer = report
             _optim.scale_lr(optimizer, model, self._lr_by_param(plan.lr))
+            if change is not None and change.optimizer is not None and change.optimizer.added:
+                _optim.relabel(change.optimizer, optimizer, model)  # the lr split may have moved them
         self._epoch, self._step = epoch, step
         self._remember(model, optimizer)
         if change is not None:

@@ -64,6 +64,17 @@ def scale_lr(optimizer: torch.optim.Optimizer, model: nn.Module, factors: dict[s
         group[LAST_LR] = group["lr"]
 
 
+def relabel(report: Any, optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Point ``report.added`` (a :class:`frostline.optim.SyncReport`) at the groups the parameters are in now:
+    :func:`scale_lr` may have split them off the group :func:`frostline.optim.sync` put them in."""
+    params = dict(model.named_parameters())
+    label = {id(p): str(g["name"]) if "name" in g else f"group {i}"
+             for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
+    for name in report.added:
+        if name in params and id(params[name]) in label:
+            report.added[name] = label[id(params[name])]
+
+
 def _unscaled(group: dict[str, Any]) -> float:
     lr = float(group["lr"])
     return group[BASE_LR] if BASE_LR in group and group.get(LAST_LR) == lr else lr

@@ -169,7 +169,7 @@ def test_auto_choices_and_summary_shows_them():
 
 
 def test_tied_parameters_use_mask_and_stay_tied(tied_lm):
-    frostline.freeze(tied_lm, "embed.weight", rows=range(5, 20))
+    frostline.freeze(tied_lm, "embed.weight", rows=range(5, 20), strategy="mask")
     assert get_partial(tied_lm, "embed.weight").strategy == "mask"
     assert frostline.is_frozen(tied_lm, "out.weight") == "partial"
     assert tied_lm.out.weight is tied_lm.embed.weight
@@ -178,8 +178,6 @@ def test_tied_parameters_use_mask_and_stay_tied(tied_lm):
     ids = torch.randint(0, 20, (4, 5))
     _steps(tied_lm, opt, ids, None, loss_fn=lambda out, _: out.logsumexp(-1).mean())
     _check(tied_lm, "embed.weight", before)
-    with pytest.raises(FreezeError, match="tied"):
-        frostline.freeze(tied_lm, "embed.weight", rows=[6], strategy="delta")
 
 
 def test_internal_storage_is_hidden_from_selection_but_reaches_optimizers():
@@ -653,3 +651,141 @@ def test_silent_sparse_embedding_columns_train_and_single_elements_are_refused_w
     for strategy in ("auto", "delta", "mask"):
         with pytest.raises(FreezeError, match=r"sparse=True.*rows=.*sparse=False"):
             frostline.freeze(nn.Embedding(12, 4, sparse=True), "weight", mask=mask, strategy=strategy)
+
+
+# -- tied Parameters with delta (issue 15 item 3): one trainable storage for every module that uses the tensor -----
+TIED_IDS = torch.randint(0, 20, (4, 5), generator=torch.Generator().manual_seed(5))
+TIED_ROWS = [1, 4, 7, 9, 12, 16]  # 6 of 20 rows train
+
+
+def _tied_loss(model, ids=TIED_IDS):
+    return model(ids).logsumexp(-1).mean()
+
+
+def _tied_delta(tied_lm, name="embed.weight"):
+    frostline.freeze(tied_lm, name, rows=[r for r in range(20) if r not in TIED_ROWS])
+    part = get_partial(tied_lm, "embed.weight")
+    assert part.strategy == "delta" and get_partial(tied_lm, "out.weight") is part
+    return part
+
+
+def test_tied_auto_picks_delta_when_at_most_half_trains_else_mask(tied_lm):
+    part = _tied_delta(tied_lm)
+    assert part.strategy == "delta" and get_partial(tied_lm, "out.weight") is part  # both names, one strategy
+    assert tied_lm.out.weight is tied_lm.embed.weight
+    frostline.unfreeze(tied_lm, "embed.weight")
+    frostline.freeze(tied_lm, "out.weight", rows=range(15, 20))  # 15 of 20 train: dense is cheaper
+    assert get_partial(tied_lm, "embed.weight").strategy == "mask" is get_partial(tied_lm, "out.weight").strategy
+    frostline.unfreeze(tied_lm, "embed.weight")
+    frostline.freeze(tied_lm, "out.weight", rows=range(4, 20))  # named by the head: the same single strategy
+    assert get_partial(tied_lm, "embed.weight").strategy == "delta"
+    assert get_partial(tied_lm, "out.weight") is get_partial(tied_lm, "embed.weight")
+
+
+@pytest.mark.parametrize("name", ["embed.weight", "out.weight"])
+def test_tied_delta_trains_exactly_with_gradient_and_state_for_the_rows_only(tied_lm, name):
+    part = _tied_delta(tied_lm, name)
+    before = _snap(tied_lm)
+    opt = torch.optim.AdamW(_trainable(tied_lm), lr=0.05, weight_decay=0.1)
+    _steps(tied_lm, opt, TIED_IDS, None, loss_fn=lambda out, _: out.logsumexp(-1).mean())
+    _check(tied_lm, "embed.weight", before)
+    assert torch.equal(tied_lm.state_dict()["out.weight"], tied_lm.state_dict()["embed.weight"])
+    assert tied_lm.out.weight is tied_lm.embed.weight and tied_lm.embed.weight.grad is None
+    (trainable,) = part.trainable_parameters()
+    assert trainable.shape == trainable.grad.shape == (len(TIED_ROWS), 8)
+    assert optimizer_state_bytes(opt, [trainable]) == 2 * len(TIED_ROWS) * 8 * 4 + 4  # exp_avg(_sq), step
+
+
+def test_tied_delta_gradient_is_the_sum_of_both_uses_on_the_trainable_rows(tied_lm):
+    reference = copy.deepcopy(tied_lm)  # the whole tied weight trains; its frozen rows' gradient masked out
+    part = _tied_delta(tied_lm)
+    _tied_loss(tied_lm).backward()
+    _tied_loss(reference).backward()
+    (trainable,) = part.trainable_parameters()
+    expected = reference.embed.weight.grad[TIED_ROWS]
+    assert expected.abs().sum() > 0 and reference.out.weight is reference.embed.weight
+    # float32, summed in another order (rows of the head's gradient computed apart): rtol 1e-5, atol 1e-6
+    torch.testing.assert_close(trainable.grad, expected, rtol=1e-5, atol=1e-6)
+    for other in ("body.weight", "body.bias"):
+        torch.testing.assert_close(tied_lm.get_parameter(other).grad, reference.get_parameter(other).grad,
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_tied_delta_keeps_keys_and_tie_copies_and_unfreezes_to_the_one_parameter(tied_lm):
+    keys, weight = list(tied_lm.state_dict()), tied_lm.embed.weight
+    _tied_delta(tied_lm)
+    assert list(tied_lm.state_dict()) == keys
+    twin = copy.deepcopy(tied_lm)
+    assert twin.out.weight is twin.embed.weight and get_partial(twin, "out.weight") is get_partial(twin, "embed.weight")
+    before, original = _snap(twin), _snap(tied_lm)
+    opt = torch.optim.AdamW(_trainable(twin), lr=0.05)
+    _steps(twin, opt, TIED_IDS, None, loss_fn=lambda out, _: out.logsumexp(-1).mean())
+    _check(twin, "embed.weight", before)
+    assert all(torch.equal(v, original[k]) for k, v in tied_lm.state_dict().items()), "the copy moved the original"
+    trained = twin.embed.weight.detach().clone()
+    frostline.unfreeze(twin, "out.weight")
+    assert frostline.is_frozen(twin, "embed.weight") is False and frostline.is_frozen(twin, "out.weight") is False
+    assert twin.out.weight is twin.embed.weight and twin.embed.weight.requires_grad
+    assert torch.equal(twin.embed.weight, trained) and list(twin.state_dict()) == keys
+    assert "forward" not in twin.out.__dict__ and "forward" not in twin.embed.__dict__
+    frostline.unfreeze(tied_lm, "embed.weight")
+    assert tied_lm.embed.weight is weight is tied_lm.out.weight and list(tied_lm.state_dict()) == keys
+
+
+def test_tied_delta_refuses_an_optimizer_built_before_and_sync_carries_its_state(tied_lm):
+    opt = torch.optim.AdamW(tied_lm.parameters(), lr=0.05)
+    _tied_loss(tied_lm).backward()
+    opt.step()
+    moments = opt.state[tied_lm.embed.weight]["exp_avg"][TIED_ROWS].clone()
+    part = _tied_delta(tied_lm)
+    before = _snap(tied_lm)
+    opt.zero_grad()
+    _tied_loss(tied_lm).backward()
+    with pytest.raises(frostline.FrostlineError, match=r"embed\.weight.*frostline\.sync\(optimizer, model\)"):
+        opt.step()
+    assert all(torch.equal(v, before[k]) for k, v in tied_lm.state_dict().items()), "a refused step moved"
+    frostline.sync(opt, tied_lm)
+    (trainable,) = part.trainable_parameters()
+    assert torch.equal(opt.state[trainable]["exp_avg"], moments)  # the rows that train on keep their state
+    opt.step()
+    _check(tied_lm, "embed.weight", before)
+
+
+def test_tied_delta_in_place_writes_through_either_name_take_effect(tied_lm):
+    part = _tied_delta(tied_lm)
+    frozen = part.frozen_mask()
+    opt = torch.optim.SGD(_trainable(tied_lm), lr=0.5)
+    _tied_loss(tied_lm).backward()
+    opt.step()
+    with torch.no_grad():
+        tied_lm.out.weight.mul_(2.0)  # through the head's name: frozen and trainable rows alike
+    written = tied_lm.embed.weight.detach().clone()
+    plain = copy.deepcopy(tied_lm)
+    frostline.unfreeze(plain, "embed.weight")
+    assert torch.equal(tied_lm(TIED_IDS), plain(TIED_IDS))  # both uses see the written values
+    opt.zero_grad()
+    _tied_loss(tied_lm).backward()
+    opt.step()
+    (grad,) = torch.autograd.grad(_tied_loss(plain), [plain.embed.weight])
+    now = tied_lm.embed.weight.detach()
+    assert torch.equal(now[frozen], written[frozen]), "the write to frozen rows was undone"
+    assert not torch.equal(now[~frozen], written[~frozen])
+    torch.testing.assert_close(now[~frozen], (written - 0.5 * grad)[~frozen], rtol=1e-5, atol=1e-6)
+
+
+def test_tied_delta_refuses_an_alias_it_cannot_route_and_auto_falls_back_to_mask(tied_lm):
+    tied_lm.out.forward = lambda x: x @ tied_lm.out.weight.t()  # someone else's forward on the head
+    with pytest.raises(FreezeError, match=r"strategy='delta' cannot serve embed\.weight: .*out.*Linear.*forward set "
+                                          r"on the instance"):
+        frostline.freeze(tied_lm, "embed.weight", rows=range(5, 20), strategy="delta")
+    frostline.freeze(tied_lm, "embed.weight", rows=range(5, 20))
+    assert get_partial(tied_lm, "embed.weight").strategy == "mask"
+    shared = nn.ModuleDict({"a": nn.Embedding(4, 4), "b": _Doubled(4, 4)})
+    shared.b.weight = shared.a.weight
+    with pytest.raises(FreezeError, match=r"tied.*_Doubled.*own forward"):
+        frostline.freeze(shared, "a.weight", rows=[0], strategy="delta")
+
+
+class _Doubled(nn.Linear):
+    def forward(self, x):
+        return 2 * super().forward(x)

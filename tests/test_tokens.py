@@ -1,5 +1,5 @@
 """Vocabulary rows (issue 15 item 3): token_rows collects the ids data uses; train_token_rows trains only their rows
-of the input embedding and LM head, exactly, with gradient and optimizer state for those rows alone (untied)."""
+of the input embedding and LM head, exactly, with gradient and optimizer state for those rows alone (tied or not)."""
 
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def test_tied_embedding_is_one_tensor_with_one_strategy_and_trains_exactly():
     model = frostline.freeze(_llama(tied=True))
     assert model.lm_head.weight is model.model.embed_tokens.weight
     rows = frostline.token_rows(_batches())
-    frostline.train_token_rows(model, rows)
+    frostline.train_token_rows(model, rows, strategy="mask")
     part = get_partial(model, EMBED)
     assert part.strategy == "mask" and get_partial(model, HEAD) is part  # both names, one strategy
     before = _values(model)[EMBED]
@@ -167,11 +167,9 @@ def test_tied_embedding_is_one_tensor_with_one_strategy_and_trains_exactly():
     assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
     assert torch.equal(after[frozen], before[frozen])
     assert not torch.equal(after[rows], before[rows])
-    # mask keeps the tie exact, at the price of a dense gradient and dense AdamW state (what remains to do)
+    # mask keeps the tie exact, with a dense gradient and dense AdamW state (auto picks delta for few rows)
     assert model.model.embed_tokens.weight.grad.shape == (VOCAB, HIDDEN)
     assert optimizer_state_bytes(opt) == 2 * VOCAB * HIDDEN * 4 + 4
-    with pytest.raises(FreezeError, match="tied"):
-        frostline.train_token_rows(model, rows, strategy="delta")
 
 
 # -- with LISA: the benchmark's frostline row, small -------------------------------------------------------------
@@ -211,15 +209,35 @@ def test_lisa_with_vocabulary_rows_keeps_frozen_rows_exact_and_state_for_rows_an
         assert torch.equal(after[name], before[name]) == (i not in sampled), name
 
 
-@pytest.mark.xfail(strict=True, reason="partial/delta.py refuses tied Parameters (Delta.why_not), so a tied "
-                   "embedding/head gets mask: dense gradient and optimizer state. Needs delta to route every alias "
-                   "module's use into one trainable Parameter (see the issue 15 report)")
 def test_tied_embedding_rows_with_state_for_those_rows_only():
     model = frostline.freeze(_llama(tied=True))
+    keys = list(model.state_dict())
     rows = frostline.token_rows(_batches())
     frostline.train_token_rows(model, rows)
+    part = get_partial(model, EMBED)
+    assert part.strategy == "delta" and get_partial(model, HEAD) is part  # auto: 8 of 96 rows train
+    assert model.lm_head.weight is model.model.embed_tokens.weight and list(model.state_dict()) == keys
     before = _values(model)[EMBED]
     opt = _train(model, _batches())
     after, frozen = model.model.embed_tokens.weight.detach(), _frozen_rows(rows)
     assert torch.equal(after[frozen], before[frozen]) and not torch.equal(after[rows], before[rows])
     assert optimizer_state_bytes(opt) == 2 * len(rows) * HIDDEN * 4 + 4  # proportional to the rows that train
+    (trainable,) = part.trainable_parameters()
+    assert trainable.grad.shape == (len(rows), HIDDEN) and model.model.embed_tokens.weight.grad is None
+    assert model.lm_head.weight is model.model.embed_tokens.weight and list(model.state_dict()) == keys
+
+
+def test_tied_embedding_rows_gradient_equals_the_masked_full_gradient():
+    model, reference = _llama(tied=True), _llama(tied=True)
+    rows = frostline.token_rows(_batches())
+    frostline.train_token_rows(model, rows)
+    ids = _batches()[0]["input_ids"]
+    model(input_ids=ids, labels=ids).loss.backward()
+    reference(input_ids=ids, labels=ids).loss.backward()  # the whole tied weight trains: both uses' gradient
+    (trainable,) = get_partial(model, EMBED).trainable_parameters()
+    expected = reference.model.embed_tokens.weight.grad[rows]
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(trainable.grad, expected, rtol=1e-5, atol=1e-6)  # float32, another summation order
+    frostline.unfreeze(model, HEAD)  # the one tied Parameter again, trainable, both names
+    assert model.lm_head.weight is model.model.embed_tokens.weight and model.lm_head.weight.requires_grad
+    assert frostline.is_frozen(model, EMBED) is False

@@ -92,7 +92,8 @@ def train_token_rows(model: nn.Module, rows: Sequence[int] | Tensor, spec: Spec 
     Tied input embedding and LM head are one tensor: it is frozen once, with one strategy for both uses. With
     ``strategy="auto"`` an untied embedding gets ``delta`` (gradient and optimizer state for the trainable rows
     only) and an untied LM head ``split`` (the frozen rows' weight gradient is never computed); a tied one gets
-    ``mask``, the strategy that keeps both uses in step, whose gradient and optimizer state are dense.
+    ``delta`` when at most half its rows train (both uses feed the trainable rows; the head never computes the
+    frozen rows' weight gradient), else ``mask`` (dense gradient and optimizer state).
 
     Args:
         model (nn.Module): the model.

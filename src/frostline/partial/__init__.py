@@ -9,6 +9,8 @@ interface (:class:`frostline.partial._base.Strategy`), one registry:
 - ``delta``: only the trainable rows/elements are a Parameter; optimizer state exists for them alone.
 - ``split``: delta's storage, for Linear/Conv output rows; the frozen rows' weight gradient is never computed.
 - ``auto``: split for Linear/Conv output rows, delta for Embedding rows and when at most half trains, else mask.
+  A tied Parameter (one tensor, several modules: an input embedding and its LM head) gets one strategy for every
+  name: delta when at most half trains (every use feeds its one trainable storage), else mask.
 
 The visible Parameter is the truth: an in-place write to it (``nn.init``, ``.data.copy_``, ``mul_`` under
 ``no_grad``) takes effect for trainable and frozen elements alike. Changing which rows train while an optimizer
@@ -30,9 +32,11 @@ the old storage refuses to step instead of silently not training it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
-from .._state import PARTIAL_ATTR, get_partial, partial_tensors
+from .._state import get_partial, partial_tensors
 from ..errors import FreezeError
 from . import _carry, _forward
 from ._base import Strategy
@@ -49,13 +53,15 @@ STRATEGIES: dict[str, type[Strategy]] = {"mask": Mask, "delta": Delta, "split": 
 AUTO_DELTA_FRACTION = 0.5  # auto: delta when at most this fraction trains (optimizer work and state ∝ fraction)
 
 
-def choose(module: nn.Module, local: str, layout: Layout, *, tied: bool = False,
+def choose(module: nn.Module, local: str, layout: Layout, *, tied: Sequence[tuple[str, nn.Module, str]] = (),
            current: Strategy | None = None) -> type[Strategy]:
     """The strategy ``auto`` picks for ``layout`` of ``module.<local>``.
 
     A tensor that is already partial keeps its strategy while that can serve the new layout (so the Parameters an
     optimizer holds do not change under it). Otherwise: split for output rows of a Linear/Conv weight; delta for
-    Embedding rows and whenever at most half the elements train; mask for the rest.
+    Embedding rows and whenever at most half the elements train; mask for the rest. ``tied`` names the other
+    modules that use the same Parameter, as ``(name, module, local)``: then delta when at most half trains and
+    delta can route every use, else mask.
 
     Example:
         >>> import torch.nn as nn
@@ -67,6 +73,10 @@ def choose(module: nn.Module, local: str, layout: Layout, *, tied: bool = False,
     """
     if current is not None and type(current).why_not(module, local, layout, tied) is None:
         return type(current)
+    if tied:  # split would serve one module's op only; delta routes every use into one storage
+        can_delta = Delta.why_not(module, local, layout, tied) is None
+        few = layout.trainable_fraction() <= AUTO_DELTA_FRACTION
+        return Delta if can_delta and (few or Mask.why_not(module, local, layout, tied) is not None) else Mask
     if Split.why_not(module, local, layout, tied) is None:
         return Split
     can_delta = Delta.why_not(module, local, layout, tied) is None
@@ -130,10 +140,10 @@ def _remove(model: nn.Module, module: nn.Module, local: str) -> None:
     part = partial_tensors(module)[local]
     param = part.param
     part.teardown()
-    for alias, alias_local in _aliases(model, param):
+    for _, alias, alias_local in _aliases(model, param):
         if partial_tensors(alias).get(alias_local) is part:
             detach(alias, alias_local)
-    _forward.refresh(part.module)
+        _forward.refresh(alias)
     param.requires_grad_(True)
 
 
@@ -158,7 +168,7 @@ def _settle(model: nn.Module, name: str, layout: Layout, strategy: str) -> None:
         _carry.after(module, local, name, was)
         return
     aliases = _aliases(model, param)
-    tied = len(aliases) > 1
+    tied = [(n, m, loc) for n, m, loc in aliases if m is not module or loc != local]
     cls = choose(module, local, layout, tied=tied, current=current) if strategy == "auto" else STRATEGIES[strategy]
     reason = cls.why_not(module, local, layout, tied)
     if reason is not None:
@@ -168,10 +178,11 @@ def _settle(model: nn.Module, name: str, layout: Layout, strategy: str) -> None:
         _remove(model, module, local)
     part = cls(module, local, layout)
     attach(module, local, part)
-    for alias, alias_local in aliases:  # tied: every name of the Parameter answers "partial"
-        if alias is not module or alias_local != local:
-            alias.__dict__.setdefault(PARTIAL_ATTR, {})[alias_local] = part
-    _forward.refresh(module)
+    for _, alias, alias_local in tied:  # every name of the Parameter answers "partial", every use is served
+        attach(alias, alias_local, part)
+        part.serve(alias, alias_local)
+    for _, alias, _ in aliases:
+        _forward.refresh(alias)
     _carry.after(module, local, name, was)
 
 
@@ -203,6 +214,8 @@ def _target(model: nn.Module, name: str) -> tuple[nn.Module, str, nn.Parameter]:
     return module, local, param
 
 
-def _aliases(model: nn.Module, param: Tensor) -> list[tuple[nn.Module, str]]:
-    return [(m, local) for _, m in model.named_modules(remove_duplicate=False)
+def _aliases(model: nn.Module, param: Tensor) -> list[tuple[str, nn.Module, str]]:
+    """Every ``(name, module, local)`` that holds ``param`` (several when it is tied)."""
+    return [(f"{prefix}.{local}" if prefix else local, m, local)
+            for prefix, m in model.named_modules(remove_duplicate=False)
             for local, p in m._parameters.items() if p is param]

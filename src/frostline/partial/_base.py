@@ -66,6 +66,7 @@ class Strategy:
 
     strategy: ClassVar[str]
     needs_forward: ClassVar[bool] = False  # the module must run through frostline's forward (see _forward.py)
+    tied = False  # True once another module's use of the Parameter is served too (``serve``)
 
     @classmethod
     def why_not(cls, module: nn.Module, local: str, layout: Layout, tied: bool) -> str | None:
@@ -92,6 +93,10 @@ class Strategy:
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         raise NotImplementedError
+
+    def serve(self, module: nn.Module, local: str) -> None:
+        """Tied: ``module.<local>`` is this Parameter too; prepare what that module's forward needs."""
+        self.tied = True
 
     # -- what subclasses provide ------------------------------------------------------------------------------
     def _setup(self, layout: Layout) -> None:

@@ -4,6 +4,7 @@ It is an instance attribute, ``functools.partial(run, module)`` of a module-leve
 :mod:`frostline.lean`: the class never changes, and ``deepcopy``, pickling and ``torch.compile`` see plain
 attributes. A strategy that owns the module's whole computation (split; delta on embedding rows) runs it; otherwise
 the class forward runs with each delta tensor swapped for a view that routes gradients to its trainable storage.
+Every module that uses a tied delta tensor runs it too, so each use feeds the one trainable storage.
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ from .._state import partial_tensors
 
 
 def run(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    for part in partial_tensors(module).values():
+    parts = partial_tensors(module)
+    for part in parts.values():
         if part.module is module and getattr(part, "owns_forward", False):
             return part.forward(module, *args, **kwargs)
+    for local, part in parts.items():  # a tied tensor: its strategy serves each module that uses it
+        if part.tied and part.needs_forward:
+            return part.forward_use(module, local, *args, **kwargs)
     return swapped(module, *args, **kwargs)
 
 
 def swapped(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """The class forward, with every delta tensor of ``module`` swapped for its gradient-routing tensor."""
-    swaps = {local: part.forward_tensor() for local, part in partial_tensors(module).items()
-             if part.module is module and part.needs_forward}
+    """The class forward, with every delta tensor of ``module`` (its own or tied) swapped for its
+    gradient-routing tensor."""
+    swaps = {local: part.forward_tensor() for local, part in partial_tensors(module).items() if part.needs_forward}
     saved = {local: module._parameters[local] for local in swaps}
     module._parameters.update(swaps)
     try:
@@ -38,7 +43,7 @@ def swapped(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
 def tensor(module: nn.Module, local: str) -> Tensor | None:
     """What a forward must use for ``module.<local>``: a delta tensor's gradient-routing view, else the tensor."""
     part = partial_tensors(module).get(local)
-    if part is not None and part.module is module and part.needs_forward:
+    if part is not None and part.needs_forward:
         return part.forward_tensor()
     return getattr(module, local)
 
@@ -54,7 +59,7 @@ def foreign_forward(module: nn.Module) -> bool:
 
 def refresh(module: nn.Module) -> None:
     """Install ``run`` while a strategy of the module needs it; remove it (only ours) when none does."""
-    wanted = any(part.needs_forward for part in partial_tensors(module).values() if part.module is module)
+    wanted = any(part.needs_forward for part in partial_tensors(module).values())
     current = module.__dict__.get("forward")
     ours = isinstance(current, functools.partial) and current.func is run
     if wanted and not ours:

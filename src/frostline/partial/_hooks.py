@@ -1,7 +1,8 @@
 """The module hooks of a module that owns partially frozen tensors: module-level functions, so ``deepcopy`` and
 pickling carry them, registered once per module and removed with its last partial tensor.
 
-- before forward (eager only: it reads version counters): adopt replaced Parameters, bring storage in step;
+- before forward (eager only: it reads version counters): adopt replaced Parameters, bring storage in step (on
+  every module of a tied tensor: any of them may run first);
 - ``state_dict``: write trainable values into the Parameter first, then drop the strategies' internal keys, so a
   checkpoint has the original keys and shapes;
 - ``load_state_dict``: derive the internal Parameters' values from the loaded full tensor (so checkpoints of plain
@@ -22,9 +23,8 @@ from ._base import Strategy
 def _check_before_forward(module: nn.Module, args: tuple) -> None:
     if torch.compiler.is_compiling():  # compiled graphs rely on the after-step hook alone
         return
-    for part in set(partial_tensors(module).values()):
-        if part.module is module:
-            part.check()
+    for part in set(partial_tensors(module).values()):  # a tied tensor's other modules check its storage too
+        part.check()
 
 
 def _sync_before_state_dict(module: nn.Module, prefix: str, keep_vars: bool) -> None:

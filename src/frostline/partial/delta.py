@@ -15,6 +15,13 @@ table-sized gradient either: it accumulates the output gradient of the tokens wh
 rows plus one sink row for every frozen token (no host sync, no data-dependent shapes). For ``sparse=True``
 that gradient is sparse, as the Embedding's own is, so ``torch.optim.SparseAdam`` trains the trainable rows.
 
+A tied Parameter (an input embedding and its LM head: one tensor, several modules) is served on every module that
+uses it, each through its own op, and all feed the one trainable Parameter (their gradients accumulate there):
+an Embedding's token rows as above, a Linear's output rows as split computes them (the frozen rows' weight
+gradient is never formed), other layouts through the gradient-routing view. So gradient and optimizer state are
+the trainable rows' alone. Every such module must be an ``nn.Embedding`` or ``nn.Linear`` running its class's own
+forward: what another forward does with the tensor cannot be routed.
+
 Under FSDP2 (``fully_shard`` after freezing) both Parameters are sharded, and during a forward the module holds
 FSDP's gathered copies instead. The strategy then follows the module's current tensors: forward merges the
 trainable values into the frozen base out of place (``index_copy``, so the gradient reaches the trainable shard and
@@ -28,6 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from collections.abc import Sequence
+
+from . import _forward
 from ._base import Strategy, _put, _take, fsdp_managed, gathered, is_dtensor
 from ._forward import foreign_forward
 from ._layout import Layout
@@ -38,9 +48,18 @@ class Delta(Strategy):
     needs_forward = True
 
     @classmethod
-    def why_not(cls, module: nn.Module, local: str, layout: Layout, tied: bool) -> str | None:
+    def why_not(cls, module: nn.Module, local: str, layout: Layout,
+                tied: Sequence[tuple[str, nn.Module, str]] | bool) -> str | None:
+        if tied is True:
+            return "the Parameter is shared by several modules (tied), and which ones was not said"
         if tied:
-            return "the Parameter is shared by several modules (tied); only 'mask' keeps every use of it in step"
+            for name, alias, alias_local in [("it", module, local), *tied]:
+                reason = _unroutable(alias, alias_local, layout)
+                if reason is not None:
+                    where = "its own module" if alias is module else name
+                    return (f"the Parameter is tied (shared by several modules), and {where} is {reason}; delta "
+                            "routes tied uses of nn.Embedding and nn.Linear with their class's own forward "
+                            "(use 'mask')")
         if foreign_forward(module):
             return f"this {type(module).__name__} has a forward set on the instance by other code"
         if isinstance(module, nn.Embedding) and module.sparse and local == "weight" and layout.dim is None:
@@ -56,14 +75,27 @@ class Delta(Strategy):
         self.param.requires_grad_(False)
         self.param.grad = None
         self._synced = self.trainable._version
-        self.owns_forward = (isinstance(module, nn.Embedding) and type(module).forward is nn.Embedding.forward
-                             and self.local == "weight" and self.dim == 0)
-        if self.owns_forward:  # token id -> its trainable row, or the sink row for a frozen token
+        self.owns_forward = _token_rows(module, self.local, self.dim)
+        self.padding_rows: list[tuple[nn.Module, int]] = []  # per Embedding that uses the rows (tied: several)
+        if self.owns_forward:
+            self.padding_row = self._add_use(module)
+
+    def _add_use(self, module: nn.Embedding) -> int:
+        """Make ``module``'s token-row forward possible; returns the trainable row of its padding token (or -1)."""
+        index = self._get("index")
+        if self._name("remap") not in self.module._buffers:  # token id -> its trainable row, or the sink row
             remap = torch.full((self.param.shape[0],), len(index), dtype=torch.int64, device=index.device)
             remap[index] = torch.arange(len(index), device=index.device)
             self._add_buffer("remap", remap)
-            pad = module.padding_idx
-            self.padding_row = int(remap[pad]) if pad is not None and int(remap[pad]) < len(index) else -1
+        pad, remap = module.padding_idx, self._get("remap")
+        row = int(remap[pad]) if pad is not None and int(remap[pad]) < len(index) else -1  # once, not per step
+        self.padding_rows.append((module, row))
+        return row
+
+    def serve(self, module: nn.Module, local: str) -> None:
+        super().serve(module, local)
+        if _token_rows(module, local, self.dim):
+            self._add_use(module)
 
     def _bind(self) -> None:
         super()._bind()
@@ -171,6 +203,16 @@ class Delta(Strategy):
         super().teardown()
         self.param.requires_grad_(True)
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()  # a copy's version counters start afresh: keep whether storage was written
+        state["_synced"] = self.trainable._version == self._synced
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        synced = state.pop("_synced")
+        super().__setstate__(state)
+        self._synced = self.trainable._version if synced else -1  # else: write the storage at the next sync
+
     # -- forward ----------------------------------------------------------------------------------------------
     def forward_tensor(self) -> Tensor:
         if self.follows_module():
@@ -179,12 +221,46 @@ class Delta(Strategy):
         return _Route.apply(self.param, self.trainable, self._get("index"), self.dim)
 
     def forward(self, module: nn.Embedding, ids: Tensor) -> Tensor:
+        return self._embed(module, ids, self.padding_row)
+
+    def forward_use(self, module: nn.Module, local: str, *args, **kwargs):
+        """Tied: the forward of ``module``, one of the modules that use this Parameter (as ``local``)."""
+        if not self.follows_module() and local == "weight" and self.dim == 0:
+            if isinstance(module, nn.Embedding):
+                return self._embed(module, *args, next(row for m, row in self.padding_rows if m is module))
+            if isinstance(module, nn.Linear):
+                from .split import linear_rows  # split builds on this module
+
+                return linear_rows(self, module, *args, **kwargs)
+        return _forward.swapped(module, *args, **kwargs)
+
+    def _embed(self, module: nn.Embedding, ids: Tensor, padding_row: int) -> Tensor:
         if self.follows_module():
             return F.embedding(ids, self.forward_tensor(), module.padding_idx, None, 2.0, module.scale_grad_by_freq)
         if not (torch.is_grad_enabled() and self.trainable.requires_grad):
             return F.embedding(ids, self.param, module.padding_idx, None, 2.0, module.scale_grad_by_freq)
-        return _EmbeddingRows.apply(ids, self.param, self.trainable, self._get("remap"), self.padding_row,
+        return _EmbeddingRows.apply(ids, self.param, self.trainable, self._get("remap"), padding_row,
                                     module.scale_grad_by_freq, module.sparse)
+
+
+def _token_rows(module: nn.Module, local: str, dim: int | None) -> bool:
+    """Whether ``module.<local>`` along ``dim`` are an Embedding's token rows, run by nn.Embedding's own forward."""
+    return (isinstance(module, nn.Embedding) and type(module).forward is nn.Embedding.forward and local == "weight"
+            and dim == 0)
+
+
+def _unroutable(module: nn.Module, local: str, layout: Layout) -> str | None:
+    """Why delta cannot serve a tied use, ``module.<local>``, with its own op; None when it can."""
+    kind = next((c for c in (nn.Embedding, nn.Linear) if isinstance(module, c)), None)
+    if kind is None or type(module).forward is not kind.forward:
+        return f"a {type(module).__name__} that runs its own forward"
+    if foreign_forward(module):
+        return f"a {type(module).__name__} with a forward set on the instance by other code"
+    if kind is nn.Embedding and module.max_norm is not None:
+        return f"an Embedding(max_norm={module.max_norm}), which rescales rows in place during forward"
+    if kind is nn.Embedding and module.sparse and layout.dim is None:
+        return "an Embedding with sparse=True, whose row-sparse gradient cannot be split into single elements"
+    return None
 
 
 def _merged(base: Tensor, trainable: Tensor, index: Tensor, dim: int | None) -> Tensor:

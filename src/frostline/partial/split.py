@@ -48,18 +48,28 @@ class Split(Delta):
     def forward(self, module: nn.Module, x: Tensor) -> Tensor:
         if self.follows_module():  # FSDP2's gathered copies: delta's merged tensors, through the module's own op
             return _forward.swapped(module, x)
-        bias = _forward.tensor(module, "bias")
-        grads = torch.is_grad_enabled() and (x.requires_grad or self.trainable.requires_grad
-                                             or (bias is not None and bias.requires_grad))
         if isinstance(module, nn.Linear):
-            if not grads:
-                return F.linear(x, self.param, bias)
-            return _SplitLinear.apply(x, self.param, self.trainable, bias, self._get("index"))
-        if not grads:
+            return linear_rows(self, module, x)
+        bias = _forward.tensor(module, "bias")
+        if not _grads(self, x, bias):
             return module._conv_forward(x, self.param, bias)
         x, padding = _conv_input(module, x)
         return _SplitConv.apply(x, self.param, self.trainable, bias, self._get("index"), module.stride, padding,
                                 module.dilation)
+
+
+def linear_rows(part: Delta, module: nn.Linear, x: Tensor) -> Tensor:
+    """``module(x)`` on ``part``'s weight (delta storage of output rows; also a tied use of it), computing the weight
+    gradient of the trainable rows only."""
+    bias = _forward.tensor(module, "bias")
+    if not _grads(part, x, bias):
+        return F.linear(x, part.param, bias)
+    return _SplitLinear.apply(x, part.param, part.trainable, bias, part._get("index"))
+
+
+def _grads(part: Delta, x: Tensor, bias: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or part.trainable.requires_grad
+                                        or (bias is not None and bias.requires_grad))
 
 
 def _conv_input(module: nn.Module, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:

@@ -7,12 +7,16 @@ and layers 0-3 frozen (``upto="encoder.encoder.layer.3"``). Per case three metho
 * requires_grad: the frozen parameters get ``requires_grad=False``; the prefix still runs forward every step;
 * FeatureCache: ``frostline.freeze`` + ``FeatureCache``, filled by ``cache.fill`` before the timed steps (after the
   first epoch every sample is stored);
-* hand-written: the anchor's limit, the prefix output computed once and the head (or layers 4-5) trained on it.
+* hand-written: the anchor's limit, the prefix output computed once and the head (or layers 4-5) trained on it;
+* linear probe only, "FeatureCache, no content check": the same cache with its per-call content check of the prefix
+  weights switched off, to show what that check (issue 13, item 7) costs a cached step; ``--check-cost`` measures
+  only that, more carefully (see :func:`check_cost`).
 
 Step times are medians over interleaved rounds (every method runs in every round, so a busy machine slows them
 alike); ratios are against requires_grad measured in the same run. The anchor's own printed ratios are shown beside.
 
     python benchmarks/cache.py [--rounds 5] [--steps 3] [--samples 128] [--threads 2] [--quick]
+    python benchmarks/cache.py --check-cost 40 --threads 1   # only the content check's cost (issue 13, item 7)
 
 Writes benchmarks/results/cache.json (cache-quick.json with --quick).
 """
@@ -79,6 +83,80 @@ def prefix_modules(model: Probe, upto: str) -> list[nn.Module]:
     return [enc] if upto == "encoder" else [enc.embeddings, *enc.encoder.layer[:4]]
 
 
+def cache_method(pristine: nn.Module, spec, upto: str, data: tuple, batch: int, check: bool = True):
+    """freeze + FeatureCache, filled over the whole dataset; its training step (the first call after ``fill`` done:
+    it checks the cached forward against the uncached one, once) and notes. ``check=False``: the per-call content
+    check of the prefix's values (issue 13, item 7) switched off, to measure its cost."""
+    ids, mask, labels = data
+    starts = list(range(0, len(ids), batch))
+    model = cached(pristine, spec)
+    for m in prefix_modules(model, upto):
+        m.eval()  # BERT's attention reads its own training flag for dropout: the prefix must be in eval
+    cache = frostline.FeatureCache(model, upto=upto)
+    opt = adamw(model)
+    start = time.perf_counter()
+    cache.fill(((torch.arange(b, b + batch), ids[b:b + batch], mask[b:b + batch]) for b in starts), total=len(starts))
+    fill_s = time.perf_counter() - start
+
+    def step(b: int) -> None:
+        loss = F.cross_entropy(cache(torch.arange(b, b + batch), ids[b:b + batch], mask[b:b + batch]),
+                               labels[b:b + batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    start = time.perf_counter()
+    step(0)
+    first_s = time.perf_counter() - start
+    notes = {"fill_seconds": fill_s, "fill_ms_per_sample": 1e3 * fill_s / len(ids), "first_cached_call_seconds":
+             first_s, "cache_bytes": cache.nbytes, "cache_bytes_per_sample": cache.bytes_per_sample,
+             "samples": len(cache)}
+    if not check:
+        cache._watches = []  # made with the first plan only: no plan is made again while nothing changes
+    return step, notes, cache
+
+
+def check_cost(pristine: nn.Module, data: tuple, batch: int, blocks: int, run: int = 32) -> dict:
+    """The linear probe's cached step with the content check and without it, in runs of ``run`` consecutive steps
+    per cache, the order rotating; medians and means of this thread's CPU time (which other processes on a busy
+    machine inflate less than wall time), and the CPU time of the check itself inside those steps.
+
+    Two caches of each kind, built in the order with, without, without, with: where a model's memory lands moves a
+    step by a few percent (the first-built is slower), so each kind pools an early and a late one, and the two of a
+    kind, compared, show what the comparison can resolve."""
+    kinds = ["with", "without", "without", "with"]
+    caches = [cache_method(pristine, "encoder", "encoder", data, batch, check=kind == "with") for kind in kinds]
+    inner: list[float] = []
+    for _, _, cache in caches:
+        for watch in cache._watches:
+            def timed_changed(changed=watch.changed):
+                start = time.thread_time()
+                out = changed()
+                inner.append(time.thread_time() - start)
+                return out
+
+            watch.changed = timed_changed  # this instance only
+    starts = list(range(0, len(data[0]), batch))
+    times: list[list[float]] = [[] for _ in caches]
+    for i in range(blocks):
+        for c in [*range(i % 4, 4), *range(i % 4)]:
+            for j in range(run):
+                start = time.thread_time()
+                caches[c][0](starts[j % len(starts)])
+                times[c].append(time.thread_time() - start)
+    watch = caches[0][2]._watches[0]
+    out = {"blocks": blocks, "steps_per_block": run, "content_check_period_calls": watch.period,
+           "content_check_turns": len(watch.turns)}
+    for stat in ("median", "mean"):  # the rolling pass runs every 32nd call: the mean counts it, the median not
+        f = getattr(statistics, stat)
+        with_, without = (f([t for c, t in zip(kinds, times) if c == kind for t in t]) for kind in ("with", "without"))
+        out[stat] = {"with_ms": 1e3 * with_, "without_ms": 1e3 * without, "ratio": with_ / without,
+                     "with_built_first_over_last": f(times[0]) / f(times[3]),
+                     "without_built_first_over_last": f(times[1]) / f(times[2]),
+                     "check_itself_ms": 1e3 * f(inner), "check_itself_share": f(inner) / without}
+    return out
+
+
 def time_steps(step: Callable[[int], None], batches: list[int]) -> float:
     times = []
     for b in batches:
@@ -95,6 +173,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=128, help="dataset size (a multiple of 32)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 1 step, 64 samples, 16 tokens")
+    parser.add_argument("--check-cost", type=int, metavar="RUNS", default=0,
+                        help="only time the linear probe's cached step with and without the content check of the "
+                             "prefix's values, in RUNS runs of 32 steps per cache; writes results/cache-check.json")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.steps, args.samples = 1, 1, 64
@@ -112,6 +193,22 @@ def main() -> None:
     labels = torch.randint(0, 4, (args.samples,))
     starts = list(range(0, args.samples, batch))
     rows = lambda b: slice(b, b + batch)  # noqa: E731
+    if args.check_cost:
+        cost = {"setup": {"model": "all-MiniLM-L6-v2", "batch": batch, "tokens": tokens, "samples": args.samples,
+                          "threads": args.threads, "torch": torch.__version__}, **check_cost(
+                              pristine, (ids, mask, labels), batch, args.check_cost)}
+        for stat in ("median", "mean"):
+            c = cost[stat]
+            print(f"linear probe, cached step, CPU time, {stat} of {args.check_cost} runs of 32 steps per cache: "
+                  f"{c['with_ms']:.3f} ms with the content check, {c['without_ms']:.3f} ms without: x{c['ratio']:.3f} "
+                  f"(bound x1.05; same kind, built first over built last: x{c['with_built_first_over_last']:.3f}, "
+                  f"x{c['without_built_first_over_last']:.3f}); the check itself {1e3 * c['check_itself_ms']:.1f} "
+                  f"us = {100 * c['check_itself_share']:.1f}% of a step without it")
+        print(f"content check: every prefix tensor's middle values every {cost['content_check_turns']} calls, every "
+              f"value every {cost['content_check_period_calls']} calls")
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "cache-check.json").write_text(json.dumps(cost, indent=1))
+        return
 
     methods: dict[str, dict[str, Callable[[int], None]]] = {}
     notes: dict[str, dict] = {}
@@ -128,27 +225,7 @@ def main() -> None:
             o.step()
 
         # frostline: freeze + FeatureCache, filled over the whole dataset first
-        model = cached(pristine, spec)
-        for m in prefix_modules(model, upto):
-            m.eval()  # BERT's attention reads its own training flag for dropout: the prefix must be in eval
-        cache = frostline.FeatureCache(model, upto=upto)
-        opt = adamw(model)
-        start = time.perf_counter()
-        cache.fill(((torch.arange(b, b + batch), ids[rows(b)], mask[rows(b)]) for b in starts), total=len(starts))
-        fill_s = time.perf_counter() - start
-
-        def cache_step(b, m=model, c=cache, o=opt):
-            loss = F.cross_entropy(c(torch.arange(b, b + batch), ids[rows(b)], mask[rows(b)]), labels[rows(b)])
-            o.zero_grad()
-            loss.backward()
-            o.step()
-
-        start = time.perf_counter()
-        cache_step(0)  # the first call after fill checks the cached forward against the uncached one, once
-        first_s = time.perf_counter() - start
-        notes[case] = {"fill_seconds": fill_s, "fill_ms_per_sample": 1e3 * fill_s / args.samples,
-                       "first_cached_call_seconds": first_s, "cache_bytes": cache.nbytes,
-                       "cache_bytes_per_sample": cache.bytes_per_sample, "samples": len(cache)}
+        cache_step, notes[case], _ = cache_method(pristine, spec, upto, (ids, mask, labels), batch)
 
         # hand-written limit (the anchor's logic): the prefix output computed once, the rest trained on it
         hand = requires_grad_only(pristine, frozen)
@@ -180,6 +257,9 @@ def main() -> None:
             o.step()
 
         methods[case] = {"requires_grad": base_step, "FeatureCache": cache_step, "hand-written": hand_step}
+        if case == "probe":  # the same cache without the content check of the prefix's values (item 7's cost)
+            methods[case]["FeatureCache, no content check"] = cache_method(pristine, spec, upto, (ids, mask, labels),
+                                                                           batch, check=False)[0]
         for step in methods[case].values():
             step(0)  # warm-up
 
@@ -203,6 +283,11 @@ def main() -> None:
         met = speed["FeatureCache"] >= GOAL[case]
         result["cases"][case] = {"step_seconds": t, "speedup_over_requires_grad": speed, "goal": GOAL[case],
                                  "goal_met": met, "anchor_printed_speedup": ANCHOR[case], **notes[case]}
+        if "FeatureCache, no content check" in t:
+            with_, without = t["FeatureCache"], t["FeatureCache, no content check"]
+            result["cases"][case]["content_check"] = {
+                "cached_step_seconds_with": with_, "cached_step_seconds_without": without,
+                "ratio": with_ / without, "bound": 1.05, "bound_met": with_ / without <= 1.05}
         label = "linear probe" if case == "probe" else "top 2 of 6 layers"
         for name in methods[case]:
             body.append([label, name, f"{1e3 * t[name]:.3f}", f"{speed[name]:.2f}x",
@@ -211,6 +296,13 @@ def main() -> None:
     print(render(["case", "method", "step ms", "vs requires_grad", "anchor printed", "goal"], body,
                  title=f"all-MiniLM-L6-v2, batch {batch}x{tokens} tokens, median of {args.rounds} interleaved "
                        f"rounds, {args.threads} threads"))
+    for case, r in result["cases"].items():
+        if "content_check" in r:
+            c = r["content_check"]
+            print(f"{case}: content check of the prefix's values: cached step {1e3 * c['cached_step_seconds_with']:.3f}"
+                  f" ms with it, {1e3 * c['cached_step_seconds_without']:.3f} ms without: x{c['ratio']:.3f} (bound "
+                  f"x1.05: {'met' if c['bound_met'] else 'NOT met'}); one pass over every value takes "
+                  f"{r['content_check_period_calls']} calls")
     for case, n in notes.items():
         print(f"{case}: cache {human_bytes(n['cache_bytes'])} for {n['samples']} samples "
               f"({human_bytes(n['cache_bytes_per_sample'])}/sample); fill {n['fill_seconds']:.2f} s "

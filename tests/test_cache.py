@@ -280,3 +280,295 @@ def test_progress_bar_is_optional(monkeypatch):
         model = frostline.freeze(small_cnn(), "features").eval()
         cache = frostline.FeatureCache(model, upto="features", progress=True)
         assert cache.fill([(torch.arange(2), torch.randn(2, 3, 8, 8))]) == 2
+
+
+# -- issue 13, items 7-10: nothing silent ---------------------------------------------------------------------------
+def _bypass(write: str, w: torch.Tensor) -> None:
+    """Change ``w`` in place without touching its version counter, the three ways the issue lists."""
+    if write == "data.mul_":
+        w.data.mul_(2)
+    elif write == "numpy":
+        w.detach().numpy()[...] *= 2
+    else:  # an EMA teacher's update
+        w.data.copy_(0.5 * w.data + 0.5 * torch.randn_like(w))
+
+
+@pytest.mark.parametrize("write", ["data.mul_", "numpy", "data.copy_"])
+def test_silent_07_a_write_that_bypasses_the_version_counter_drops_the_rows(write):
+    torch.manual_seed(0)
+    model = frostline.freeze(seed_cnn(), ["0", "2"]).eval()
+    cache = frostline.FeatureCache(model, upto="2")
+    x, ids = torch.randn(3, 3, 8, 8), torch.arange(3)
+    before = cache(ids, x)
+    assert torch.equal(cache(ids, x), before)  # served from the stored rows
+    w = model[2][3].weight
+    version = w._version
+    _bypass(write, w)
+    assert w._version == version  # nothing but the values tells the write happened
+    with pytest.warns(UserWarning, match=r"2\.3\.weight changed.*version counter"):
+        out = cache(ids, x)
+    assert torch.allclose(out, model(x)) and not torch.allclose(out, before)  # the new weights, not stale rows
+    assert cache.invalidations == 1 and len(cache) == 3
+    assert torch.equal(cache(ids, x), out)  # stored again, served again
+
+
+def test_silent_07_an_ema_teacher_updated_through_data_serves_fresh_rows_every_step():
+    torch.manual_seed(0)
+    student = seed_cnn().eval()
+    teacher = frostline.freeze(copy.deepcopy(student), ["0", "2"]).eval()
+    cache = frostline.FeatureCache(teacher, upto="2")
+    x, ids = torch.randn(3, 3, 8, 8), torch.arange(3)
+    opt = torch.optim.SGD(student.parameters(), lr=0.5)
+    prefix = [p for n, p in teacher.named_parameters() if n.startswith(("0.", "2."))]
+    start = [p.detach().clone() for p in prefix]
+    for step in range(3):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            out = cache(ids, x)
+        assert (len(seen) == 1) == (step > 0)  # every update after the first call is noticed
+        assert torch.allclose(out, teacher(x))
+        loss = F.cross_entropy(student(x), torch.arange(3))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        for t, s in zip(teacher.parameters(), student.parameters()):
+            t.data.mul_(0.5).add_(s.data, alpha=0.5)  # the usual EMA update, through .data
+    assert all(not torch.equal(p, s) for p, s in zip(prefix, start))  # the teacher's frozen prefix did move
+    assert cache.invalidations == 2
+
+
+def test_silent_07_a_one_value_numpy_write_is_found_within_one_pass():
+    torch.manual_seed(0)
+    model = frostline.freeze(seed_cnn(), ["0", "2"]).eval()
+    cache = frostline.FeatureCache(model, upto="2")
+    x, ids = torch.randn(3, 3, 8, 8), torch.arange(3)
+    first = cache(ids, x)
+    period = max(w.period for w in cache._watches)
+    assert 1 < period < 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a whole pass over unchanged weights drops nothing
+        for _ in range(period + 1):
+            assert torch.equal(cache(ids, x), first)
+    model[2][0].weight.detach().numpy().reshape(-1)[7] += 1.0  # one value, outside the block checked every call
+    found = None
+    for call in range(period):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            out = cache(ids, x)
+        if seen:
+            found = call
+            assert "2.0.weight changed" in str(seen[0].message)
+            break
+    assert found is not None, f"not found in {period} calls"
+    assert torch.allclose(out, model(x)) and not torch.equal(out, first)
+    assert cache.invalidations == 1
+
+
+def test_silent_07_on_an_accelerator_the_check_is_read_every_check_every_calls():
+    torch.manual_seed(0)
+    model = frostline.freeze(seed_cnn(), ["0", "2"]).eval()
+    cache = frostline.FeatureCache(model, upto="2", check_every=3)
+    x, ids = torch.randn(3, 3, 8, 8), torch.arange(3)
+    first = cache(ids, x)
+    cache._watches[0].device = torch.device("cuda")  # its flags now stay tensors, as an accelerator's do
+    model[0].weight.data.mul_(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(cache(ids, x), first) and torch.equal(cache(ids, x), first)  # not read yet: stale
+    with pytest.warns(UserWarning, match=r"0\.weight changed.*up to 4 calls ago: the calls since may have served"):
+        out = cache(ids, x)  # the third call reads the flags
+    assert torch.allclose(out, model(x)) and not torch.allclose(out, first)
+    assert cache.invalidations == 1
+
+
+def _filled_disk_store(path, n=8):
+    torch.manual_seed(0)
+    model = frostline.freeze(seed_cnn(), ["0", "2"]).eval()
+    x = torch.randn(n, 3, 8, 8)
+    cache = frostline.FeatureCache(model, upto="2", store="disk", path=path)
+    for start in range(0, n, 4):
+        cache(torch.arange(start, start + 4), x[start:start + 4])
+    del cache
+    return model, x
+
+
+def _reopen(model, path):
+    return frostline.FeatureCache(copy.deepcopy(model), upto="2", store="disk", path=path)
+
+
+def test_silent_08_a_truncated_rows_file_is_refused_and_left_as_it_is(tmp_path):
+    model, x = _filled_disk_store(tmp_path / "c")
+    rows = sorted((tmp_path / "c").glob("rows*.bin"))[0]
+    size = rows.stat().st_size
+    with open(rows, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(CacheError, match=rf"{rows.name}.*truncated: expected at least \d+ bytes, found {size // 2}"):
+        _reopen(model, tmp_path / "c")(torch.arange(4), x[:4])
+    assert rows.stat().st_size == size // 2  # never grown on open
+
+
+def _flip(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x10]))
+
+
+def test_silent_08_a_flipped_byte_outside_the_first_batch_is_refused(tmp_path):
+    model, x = _filled_disk_store(tmp_path / "c")
+    rows = sorted((tmp_path / "c").glob("rows*.bin"))[0]
+    row_bytes = 64 * 4 * 4 * 4
+    _flip(rows, 6 * row_bytes + 100)  # the row of sample 6
+    cache = _reopen(model, tmp_path / "c")
+    assert torch.allclose(cache(torch.arange(4), x[:4]), model(x[:4]))  # undamaged rows still serve
+    with pytest.raises(CacheError, match=rf"{rows.name}.*row 6 \(sample id 6\).*checksum"):
+        cache(torch.arange(4, 8), x[4:])
+
+
+def test_silent_08_a_flipped_input_hash_is_damage_not_augmentation(tmp_path):
+    model, x = _filled_disk_store(tmp_path / "c")
+    hashes = sorted((tmp_path / "c").glob("hashes*.bin"))[0]
+    _flip(hashes, 8 * 5 + 3)
+    cache = _reopen(model, tmp_path / "c")
+    with pytest.raises(CacheError, match=r"damaged.*checksum") as info:
+        cache(torch.arange(4, 8), x[4:])
+    assert "augmentation" not in str(info.value)
+
+
+def test_silent_08_a_truncated_meta_or_a_missing_rows_file_is_a_clear_error(tmp_path):
+    model, x = _filled_disk_store(tmp_path / "c")
+    meta = tmp_path / "c" / "meta.json"
+    text = meta.read_text()
+    meta.write_text(text[: len(text) // 2])
+    with pytest.raises(CacheError, match=r"meta\.json is damaged"):
+        _reopen(model, tmp_path / "c")
+    meta.write_text(text)
+    rows = sorted((tmp_path / "c").glob("rows*.bin"))[0]
+    rows.unlink()
+    with pytest.raises(CacheError, match=rf"{rows.name} is missing"):
+        _reopen(model, tmp_path / "c")(torch.arange(4), x[:4])
+
+
+def test_silent_09_a_directory_with_foreign_files_is_refused_and_nothing_deleted(tmp_path):
+    weights = tmp_path / "pytorch_model.bin"
+    weights.write_bytes(b"not the cache's")
+    model = frostline.freeze(seed_cnn(), ["0", "2"]).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(CacheError, match="pytorch_model.bin.*empty or new directory"):
+        frostline.FeatureCache(model, upto="2", store="disk", path=tmp_path)(torch.arange(2), x)
+    assert weights.read_bytes() == b"not the cache's"
+
+
+def test_silent_09_starting_over_deletes_only_the_files_the_cache_made(tmp_path):
+    model, x = _filled_disk_store(tmp_path / "c")
+    made = {f.name for f in (tmp_path / "c").iterdir()}
+    other = frostline.freeze(seed_cnn(), ["0", "2"]).eval()  # other weights: the store starts over
+    with pytest.warns(UserWarning, match="another prefix"):
+        fresh = frostline.FeatureCache(other, upto="2", store="disk", path=tmp_path / "c")
+        fresh(torch.arange(2), x[:2])
+    now = {f.name for f in (tmp_path / "c").iterdir()}
+    assert len(fresh) == 2 and now  # the old rows are gone, the new ones stored
+    (tmp_path / "c" / "notes.txt").write_text("mine")  # a user's file in the cache's directory
+    with pytest.raises(CacheError, match="notes.txt"):
+        frostline.FeatureCache(other, upto="2", store="disk", path=tmp_path / "c")
+    assert made and (tmp_path / "c" / "notes.txt").read_text() == "mine"
+
+
+_FILLER = """
+import sys, time
+from pathlib import Path
+import torch, frostline
+from frostline.models import seed_cnn
+torch.set_num_threads(1)
+path, order, ready, n = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+torch.manual_seed(0)
+model = frostline.freeze(seed_cnn(), ["0", "2"]).eval()
+x = torch.randn(n, 3, 8, 8)
+ids = list(range(n)) if order == "up" else list(reversed(range(n)))
+(ready / order).touch()
+deadline = time.monotonic() + 60
+while len(list(ready.iterdir())) < 2 and time.monotonic() < deadline:  # start together
+    time.sleep(0.005)
+cache = frostline.FeatureCache(model, upto="2", store="disk", path=path)
+for k in range(0, n, 2):
+    cache.fill([(torch.tensor(ids[k:k + 2]), x[ids[k:k + 2]])], progress=False)
+"""
+
+
+def test_silent_10_two_processes_filling_one_path_leave_whole_rows(tmp_path):
+    import subprocess
+    import sys
+
+    n = 48
+    (tmp_path / "ready").mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", _FILLER, str(tmp_path / "c"), order, str(tmp_path / "ready"),
+                               str(n)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for order in ("up", "down")]
+    results = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err[-2000:]
+    torch.manual_seed(0)
+    model = frostline.freeze(seed_cnn(), ["0", "2"]).eval()
+    x = torch.randn(n, 3, 8, 8)
+    cache = frostline.FeatureCache(model, upto="2", store="disk", path=tmp_path / "c")
+    assert len(cache) == n
+    stored = cache._store.read([cache._store.index[i] for i in range(n)], torch.device("cpu"))[0]
+    with torch.no_grad():
+        assert torch.allclose(stored, model[:3](x), atol=1e-6)  # every row is the row of its id, whole
+
+
+def test_silent_10_a_second_writer_waits_for_the_lock_then_is_refused(tmp_path, monkeypatch):
+    import fcntl
+
+    from frostline.cache import _disk
+
+    torch.manual_seed(0)
+    model = frostline.freeze(seed_cnn(), ["0", "2"]).eval()
+    x = torch.randn(4, 3, 8, 8)
+    cache = frostline.FeatureCache(model, upto="2", store="disk", path=tmp_path / "c")
+    cache(torch.arange(2), x[:2])
+    monkeypatch.setattr(_disk._DiskStore, "lock_timeout", 0.3)
+    with open(tmp_path / "c" / _disk._LOCK, "a+") as other:  # another process's writer holds the lock
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(CacheError, match=rf"{_disk._LOCK}.*another process.*0\.3 s"):
+            cache(torch.arange(2, 4), x[2:])
+    assert len(cache) == 2
+    assert torch.allclose(cache(torch.arange(2, 4), x[2:]), model(x[2:]))  # lock released: it writes
+    assert len(cache) == 4
+
+
+def test_silent_10_a_writer_whose_store_another_process_started_over_is_refused(tmp_path):
+    torch.manual_seed(0)
+    model, other = (frostline.freeze(seed_cnn(), ["0", "2"]).eval() for _ in range(2))  # other weights
+    x = torch.randn(4, 3, 8, 8)
+    first = frostline.FeatureCache(model, upto="2", store="disk", path=tmp_path / "c")
+    first(torch.arange(2), x[:2])
+    with pytest.warns(UserWarning, match="held 2 rows of another prefix"):  # as another process would
+        frostline.FeatureCache(other, upto="2", store="disk", path=tmp_path / "c")(torch.arange(2), x[:2])
+    assert torch.allclose(first(torch.arange(2), x[:2]), model(x[:2]))  # its open files still hold its rows
+    with pytest.raises(CacheError, match="another process started the disk store .* over for another prefix"):
+        first(torch.arange(2, 4), x[2:])
+
+
+# -- issue 17: a new user's errors -------------------------------------------------------------------------------
+def test_error_cache_without_ids():
+    model = frostline.freeze(small_cnn(), "features").eval()
+    cache = frostline.FeatureCache(model, upto="features")
+    x = torch.randn(3, 3, 8, 8)
+    with pytest.raises(CacheError, match=r"without sample ids.*cache\(sample_ids, \*model_args\)"):
+        cache(x)
+    with pytest.raises(CacheError, match=r"without sample ids"):
+        cache(x, x)
+    assert cache(torch.arange(3), x).shape == (3, 10)
+
+
+def test_error_cache_one_id_two_inputs():
+    model = frostline.freeze(small_cnn(), "features").eval()
+    cache = frostline.FeatureCache(model, upto="features")
+    x = torch.randn(3, 3, 8, 8)
+    with pytest.raises(CacheError, match=r"sample id 0 names rows 0 and 2.*different inputs"):
+        cache(torch.tensor([0, 1, 0]), x)
+    same = torch.cat([x[:2], x[:1]])  # one id for two equal inputs (sampling with replacement) is fine
+    assert torch.allclose(cache(torch.tensor([0, 1, 0]), same), model(same))
+    assert len(cache) == 2

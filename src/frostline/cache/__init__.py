@@ -14,7 +14,14 @@ unchanged. How the split is found and checked:
   placeholders;
 * every call compares a fingerprint of the prefix (identity, version counter, data pointer, dtype and
   ``requires_grad`` of each tensor it reads, and the autocast state): a change drops the stored rows, with a
-  warning. No value is read, so the check never waits for an accelerator;
+  warning;
+* writes that leave all of that as it was (``p.data.mul_(2)``, a numpy view, ``p.data.copy_(ema)``) are caught by
+  content (see ``_watch``): every call compares 16 values from the middle of each of up to 16 prefix tensors, in
+  turn, with their values when the rows were computed, and every 32nd call hashes the next 65536 values of a
+  rolling pass over all of them. A write that changes a whole tensor shows within ``ceil(tensors / 16)`` calls
+  (at the next one with up to 16 tensors, or when it changes every tensor, as an EMA update does), any other within
+  one pass (32 calls per 65536 values); then the rows are dropped, with a warning that says which tensor and since
+  when rows may have been stale. On an accelerator the result is read every ``check_every`` calls;
 * every call hashes the input rows on their device (an integer dot product) and compares the hash stored with
   each seen id: augmentation, or a changed input for a seen id, is refused. On CPU the check is immediate; on an
   accelerator the flags accumulate on the device and are read every ``check_every`` calls and after ``fill``.
@@ -47,8 +54,10 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from ..errors import CacheError
-from ._store import _DiskStore, _Hasher, _index, _MemoryStore
+from ._disk import _DiskStore
+from ._store import _Hasher, _index, _MemoryStore
 from ._trace import _Out, _Plan, _Trace, _close, _lookup, _rng_state, _same, _set_rng_state
+from ._watch import _Watch, watches
 
 __all__ = ["FeatureCache", "CacheError", "with_ids"]
 
@@ -83,11 +92,23 @@ class _WithIds(torch.utils.data.Dataset):
 
 
 # -- inputs: ids, row hashes, shapes ------------------------------------------------------------------------------
+_CALL = ("FeatureCache is called as cache(sample_ids, *model_args): one integer id per row first (a dataset "
+         "index, see frostline.with_ids), then what the model takes, e.g. cache(ids, x) where model(x) was")
+
+
+def _no_ids(sample_ids: Any, args: tuple, kwargs: dict) -> None:
+    """Refuse a call that looks like ``model(...)``: the first argument is not ids, or no model input follows."""
+    if isinstance(sample_ids, Tensor) and (sample_ids.dim() != 1 or sample_ids.is_floating_point()
+                                           or sample_ids.is_complex()):
+        raise CacheError(f"the cache was called without sample ids: its first argument is a {sample_ids.dtype} "
+                         f"tensor of shape {tuple(sample_ids.shape)}, not one integer id per row. {_CALL}")
+    if isinstance(sample_ids, Tensor) and not any(isinstance(t, Tensor) for t in pytree.tree_leaves((args, kwargs))):
+        raise CacheError(f"the cache was called without sample ids or without model inputs: it got one tensor "
+                         f"(shape {tuple(sample_ids.shape)}) and nothing for the model. {_CALL}")
+
+
 def _id_list(sample_ids: Any, batch: int) -> list[int]:
     if isinstance(sample_ids, Tensor):
-        if sample_ids.dim() != 1 or sample_ids.is_floating_point() or sample_ids.is_complex():
-            raise CacheError(f"sample_ids must be a 1-D integer tensor or a list of ints, got a {sample_ids.dtype} "
-                             f"tensor of shape {tuple(sample_ids.shape)}")
         ids = sample_ids.tolist()  # a host sync when the ids live on an accelerator: keep them on the CPU
     else:
         try:
@@ -149,15 +170,21 @@ class FeatureCache:
             deterministic (dropout and BatchNorm in eval behaviour, as :func:`frostline.freeze` keeps them).
         upto (str): qualified name of the last prefix module, e.g. ``"encoder.layer.3"`` or ``"features"``.
         store (str): ``"memory"`` (tensors on the device that computed them) or ``"disk"`` (memory-mapped files
-            under ``path``, reused by a later process when the prefix's weights are the same).
-        path: the directory of a disk store.
+            under ``path``, reused by a later process when the prefix's weights are the same; processes may fill
+            one path together: writers take turns under a file lock, every row read is checked against its
+            CRC-32).
+        path: the directory of a disk store: empty or new, or one a FeatureCache made (it holds only the files
+            its manifest lists, and deletes only those).
         progress (bool): show a progress bar in :meth:`fill` (default: when stderr is a terminal).
-        check_every (int): on an accelerator, how many calls may pass before input-change flags are read.
+        check_every (int): on an accelerator, how many calls may pass before the input-change and content-check
+            flags are read (each read waits for the device).
 
     Raises:
-        CacheError: ``upto`` names no submodule; later, at a call: the prefix is not fully frozen, not
-            deterministic, cannot be cut at ``upto`` (its output has no batch dimension, ``upto`` runs twice, the
-            suffix reads other prefix outputs), or a seen sample's input changed.
+        CacheError: ``upto`` names no submodule; ``path`` holds files the cache did not make, or a damaged
+            ``meta.json``; later, at a call: no sample ids, one id for two different inputs, the prefix is not
+            fully frozen, not deterministic, cannot be cut at ``upto`` (its output has no batch dimension,
+            ``upto`` runs twice, the suffix reads other prefix outputs), a seen sample's input changed, a disk
+            store's file is missing, truncated or fails its checksum, or another process held its lock too long.
     """
 
     def __init__(self, model: nn.Module, upto: str, *, store: Literal["memory", "disk"] = "memory",
@@ -185,7 +212,10 @@ class FeatureCache:
         self._store = _MemoryStore() if store == "memory" else _DiskStore(Path(path))
         self._plans: dict[str, _Plan] = {}
         self._modes_ok: set[tuple[bool, ...]] = set()  # training flags of the prefix checked to give the same rows
-        self._print: tuple | None = None  # the prefix's fingerprint when the plans were made
+        self._print: tuple | None = None  # the prefix's fingerprint when the first plan was made
+        self._watches: list[_Watch] = []  # and the hashes of its values
+        self._stale: dict[int, Tensor] = {}  # content-check flags not read yet, by watch (accelerators)
+        self._unread_stale = 0
         self._hasher = _Hasher()
         self._pending: Tensor | None = None  # input-change flags not read yet (accelerators)
         self._unread = 0
@@ -220,6 +250,8 @@ class FeatureCache:
             if bar is not None:
                 bar.close()
         self._read_flags()
+        if self._stale:
+            self._read_stale()
         return added
 
     def clear(self) -> None:
@@ -227,7 +259,7 @@ class FeatureCache:
         self._store.clear()
         self._plans.clear()
         self._modes_ok.clear()
-        self._print = None
+        self._print, self._watches, self._stale, self._unread_stale = None, [], {}, 0
 
     def __len__(self) -> int:
         """Samples stored."""
@@ -260,17 +292,45 @@ class FeatureCache:
         return tensors, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
 
     def _revalidate(self, device_type: str) -> None:
-        """Drop everything stored when a tensor the prefix computes with changed, or the autocast state did."""
+        """Drop everything stored when a tensor the prefix computes with changed (its metadata, or values the
+        content check compares at this call), or the autocast state did."""
         if not self._plans:
             return
         plan = next(iter(self._plans.values()))
         now = self._fingerprint(plan, device_type)
-        if now == self._print:
-            return
-        changed = [name for (name, *_), a, b in zip(plan.tensors, now[0], self._print[0]) if a != b]
-        what = f"{changed[0]} changed (values, dtype, device or freeze state)" if changed else "autocast changed"
+        if now != self._print:
+            changed = [name for (name, *_), a, b in zip(plan.tensors, now[0], self._print[0]) if a != b]
+            return self._drop(f"{changed[0]} changed (values, dtype, device or freeze state)" if changed else
+                              "autocast changed")
+        for k, watch in enumerate(self._watches):
+            flag = watch.changed()
+            if isinstance(flag, Tensor):  # an accelerator's: read every check_every calls, no sync per call
+                self._stale[k] = flag | self._stale[k] if k in self._stale else flag
+            elif flag:
+                return self._drop(self._content_change(watch, late=False))
+        if self._stale:
+            self._unread_stale += 1
+            if self._unread_stale >= self.check_every:
+                self._read_stale()
+
+    def _read_stale(self) -> None:
+        stale, self._stale, self._unread_stale = self._stale, {}, 0
+        for k, watch in enumerate(self._watches):
+            flag = stale.get(k)
+            if flag is not None and bool(flag):
+                return self._drop(self._content_change(watch, late=True), stacklevel=6)
+
+    def _content_change(self, watch: _Watch, late: bool) -> str:
+        name, at_once = watch.which() or ("a prefix tensor", False)
+        ago = (len(watch.turns) if at_once else watch.period) + (self.check_every if late else 0)
+        when = ("since the last call" if ago == 1 else f"up to {ago} calls ago: the calls since may have served "
+                "rows of the old values")
+        return (f"{name} changed, in place and without a version counter bump (a write through .data, numpy or "
+                f"another alias), {when}")
+
+    def _drop(self, what: str, stacklevel: int = 5) -> None:
         warnings.warn(f"FeatureCache(upto={self.upto!r}): {what}; dropping {len(self)} stored samples, they will "
-                      "be computed again", stacklevel=3)
+                      "be computed again", stacklevel=stacklevel)
         self.invalidations += 1
         self.clear()
 
@@ -343,6 +403,7 @@ class FeatureCache:
         rng = _rng_state(device)
         plan, out = self._watched(ids, slots, hashes, sig, batch, device, args, kwargs, stop=False)
         if not plan.verified:
+            self._read_flags()  # a repeated id with two inputs fails the check below, for that reason
             self._verify(plan, ids, batch, device, args, kwargs, out, rng)
         self._modes_ok.add(self._modes(plan))
         return out
@@ -350,12 +411,29 @@ class FeatureCache:
     def _lookup(self, sample_ids: Any, args: tuple, kwargs: dict) -> tuple:
         """A batch's size, input signature, device, ids, row hashes and stored slots (None: not stored), after
         dropping everything stored if the prefix changed."""
+        _no_ids(sample_ids, args, kwargs)
         batch, tensors, sig = _describe(args, kwargs)
         ids = _id_list(sample_ids, batch)
         device = tensors[0].device
         self._revalidate(device.type)
         hashes = self._hasher.rows(tensors, batch, zlib.crc32(sig.encode()))
+        if len(set(ids)) < len(ids):
+            self._check_repeats(ids, hashes)
         return batch, sig, device, ids, hashes, [self._store.index.get(i) for i in ids]
+
+    def _check_repeats(self, ids: list[int], hashes: Tensor) -> None:
+        """An id given to several rows of a batch must name one input (sampling with replacement), not several."""
+        first: dict[int, int] = {}
+        of = [first.setdefault(i, k) for k, i in enumerate(ids)]
+        differ = hashes != hashes[_index(of, hashes.device)]
+        if hashes.device.type != "cpu":  # read with the input-change flags
+            self._pending = differ.any() if self._pending is None else self._pending | differ.any()
+            return
+        if bool(differ.any()):
+            k = differ.tolist().index(True)
+            raise CacheError(f"sample id {ids[k]} names rows {of[k]} and {k} of this batch, which hold different "
+                             "inputs: an id must name one sample. Give every distinct input its own id (a dataset "
+                             "index, see frostline.with_ids)")
 
     def _fill_batch(self, sample_ids: Any, args: tuple, kwargs: dict) -> int:
         batch, sig, device, ids, hashes, slots = self._lookup(sample_ids, args, kwargs)
@@ -413,8 +491,11 @@ class FeatureCache:
             raise CacheError(f"{self.upto!r} did not run in the model's forward; name a module the forward calls")
         plan = found["plan"]
         if trace is not None:
+            if not self._plans:  # what _revalidate compares with: the first plan's tensors
+                self._print = self._fingerprint(plan, device.type)
+                self._watches = watches([(n, t) for n, o, local, p in plan.tensors
+                                         if (t := _lookup(o, local, p)) is not None])
             self._plans[sig] = plan
-            self._print = self._fingerprint(plan, device.type)
         return plan, out
 
     def _make_plan(self, trace: _Trace, output: Any, batch: int) -> _Plan:
@@ -438,12 +519,10 @@ class FeatureCache:
         plan = _Plan(list(roots.values()), upto_out, tensors, list(modules.values()))
         self._check_prefix(plan)
         if isinstance(self._store, _DiskStore):
-            key = self._disk_key(plan)
-            if not self._store.matches(key):
-                if len(self._store.index):
-                    warnings.warn(f"FeatureCache: the disk store at {str(self.path)!r} holds rows of another "
-                                  "prefix (other weights, model or upto); starting it over", stacklevel=4)
-                self._store.reset(key)
+            dropped = self._store.adopt(self._disk_key(plan))
+            if dropped:
+                warnings.warn(f"FeatureCache: the disk store at {str(self.path)!r} held {dropped} rows of another "
+                              "prefix (other weights, model or upto); starting it over", stacklevel=4)
         return plan
 
     def _take_rows(self, plan: _Plan, output: Any, ids, slots, hashes) -> None:

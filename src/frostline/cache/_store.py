@@ -1,13 +1,9 @@
-"""Where a :class:`~frostline.FeatureCache` keeps its rows: in memory, or in a memory-mapped file on disk; and the
-device-side hashes that tie each stored row to the input it came from."""
+"""Where a :class:`~frostline.FeatureCache` keeps its rows in memory (on disk: ``_disk``), and the device-side
+hashes that tie each stored row to the input it came from."""
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -127,97 +123,3 @@ def _grown(t: Tensor, cap: int, used: int) -> Tensor:
     out = t.new_empty((cap, *t.shape[1:]))
     out[:used] = t[:used]
     return out
-
-
-class _DiskStore:
-    """Rows in raw memory-mapped files under ``path`` (one per output tensor, plus ids and hashes) and a
-    ``meta.json`` that says what they hold; rows written are flushed before ``meta.json`` counts them."""
-
-    def __init__(self, path: Path):
-        try:
-            import numpy  # noqa: F401
-        except ImportError as exc:
-            raise CacheError("store='disk' needs numpy: pip install numpy") from exc
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        meta_file = self.path / "meta.json"
-        self.meta: dict[str, Any] = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-        self._open()
-
-    def _open(self) -> None:
-        import numpy as np
-
-        self.index, self.maps = {}, []
-        leaves = self.meta.get("leaves")
-        self.layout = _Layout([tuple(x["shape"]) for x in leaves], [getattr(torch, x["dtype"]) for x in leaves]) \
-            if leaves else None
-        cap = self.meta.get("capacity", 0)
-        if self.layout is None or not cap:
-            return
-        self.maps = [np.memmap(self.path / f"rows{j}.bin", np.uint8, "r+", shape=(cap, nb))
-                     for j, nb in enumerate(self.layout.row_bytes)]
-        self.ids = np.memmap(self.path / "ids.bin", np.int64, "r+", shape=(cap,))
-        self.hash_map = np.memmap(self.path / "hashes.bin", np.int64, "r+", shape=(cap,))
-        self.index = {int(i): slot for slot, i in enumerate(self.ids[:self.meta["count"]])}
-
-    def matches(self, key: dict) -> bool:
-        return self.meta.get("key") == key
-
-    def reset(self, key: dict) -> None:
-        for f in self.path.glob("*.bin"):
-            f.unlink()
-        self.maps = []
-        self.meta = {"format": 1, "key": key, "count": 0, "capacity": 0, "leaves": []}
-        self._write_meta()
-        self._open()
-
-    def clear(self) -> None:
-        self.reset(self.meta.get("key", {}))
-
-    def _write_meta(self) -> None:
-        tmp = self.path / "meta.json.tmp"
-        tmp.write_text(json.dumps(self.meta, indent=1))
-        os.replace(tmp, self.path / "meta.json")
-
-    def add(self, ids: list[int], hashes: Tensor, rows: list[Tensor]) -> None:
-        if self.layout is None:
-            self.meta["leaves"] = [{"shape": list(r.shape[1:]), "dtype": str(r.dtype).removeprefix("torch.")}
-                                   for r in rows]
-            self._open()
-        self.layout.check(rows)
-        start, n = self.meta["count"], len(ids)
-        if start + n > self.meta["capacity"]:
-            self._grow(max(start + n, 2 * self.meta["capacity"], 64))
-        for mm, r in zip(self.maps, rows):  # a device-to-host copy: filling syncs, cached steps do not
-            mm[start:start + n] = r.detach().cpu().contiguous().reshape(n, -1).view(torch.uint8).numpy()
-        self.ids[start:start + n] = ids
-        self.hash_map[start:start + n] = hashes.cpu().numpy()
-        for mm in (*self.maps, self.ids, self.hash_map):
-            mm.flush()
-        self.meta["count"] = start + n
-        self._write_meta()
-        self.index.update((i, start + k) for k, i in enumerate(ids))
-
-    def _grow(self, cap: int) -> None:
-        files = [f"rows{j}.bin" for j in range(len(self.layout.row_bytes))] + ["ids.bin", "hashes.bin"]
-        sizes = [*self.layout.row_bytes, 8, 8]
-        self.maps = []
-        for name, size in zip(files, sizes):
-            with open(self.path / name, "ab") as f:
-                f.truncate(cap * size)
-        self.meta["capacity"] = cap
-        self._open()
-
-    def read(self, slots: list[int], device: torch.device) -> list[Tensor]:
-        out = []
-        for mm, shape, dtype in zip(self.maps, self.layout.shapes, self.layout.dtypes):
-            host = torch.from_numpy(mm[slots]).view(dtype).reshape(len(slots), *shape)
-            out.append(host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device))
-        return out
-
-    def stored_hashes(self, slots: list[int], device: torch.device) -> Tensor:
-        return torch.from_numpy(self.hash_map[slots]).to(device)
-
-    def nbytes(self) -> int:
-        return self.meta["count"] * sum(self.layout.row_bytes) if self.layout else 0
-

@@ -1,0 +1,146 @@
+"""The content check of a :class:`~frostline.FeatureCache`'s prefix.
+
+A write that bypasses version counters (``p.data.mul_(2)``, ``p.detach().numpy()[...] *= 2``,
+``p.data.copy_(ema)``) leaves every piece of metadata as it was, so calls also compare some of the prefix's values,
+on their device, with the values the stored rows were computed from:
+
+* every call: ``_BLOCK`` values from the middle of each of up to ``_GROUP`` tensors, in turn (every tensor's
+  every ``ceil(tensors / _GROUP)`` calls), compared exactly with a copy. A write that changes any of them (a write
+  to a whole tensor that changes its values) shows within that many calls, at the next one with at most
+  ``_GROUP`` tensors;
+* every ``_EVERY``-th call: the next slot (about ``_CHUNK`` values) of a rolling pass over every value of every
+  tensor, hashed and compared with its hash. Any write shows within one pass, :attr:`_Watch.period` calls.
+
+Reading every value at every call would cost far more than a cached step (a hash of all 22.7M values of
+all-MiniLM-L6-v2 takes about 200 ms on one CPU thread, a cached linear-probe step about 1 ms); even reading a few
+values of each of its 105 tensors costs a tenth of such a step, mostly in cache misses, hence the turns.
+
+The hash of a slot is the sum of its values' bits, read as integers of at most 32 bits, times fixed odd 64-bit
+weights, modulo 2**64: a change to one value always changes it (an odd weight times a nonzero difference below
+2**32 is no multiple of 2**64); a change to several values leaves it unchanged with probability below 2**-32 (for
+changes not crafted against the weights).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_BLOCK = 16  # values of a tensor compared at its turn
+_GROUP = 16  # tensors per turn
+_CHUNK = 65536  # values per slot of the rolling pass
+_EVERY = 32  # calls per slot of the rolling pass
+_INTS = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
+
+
+def _int_view(t: Tensor) -> Tensor:
+    """``t``'s bits as integers of at most 32 bits, at least 1-D: a view, so later writes show through it."""
+    t = t.detach()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    if t.dim() == 0:
+        t = t.view(1)
+    if t.dtype is torch.bool:
+        t = t.view(torch.uint8)
+    if t.element_size() == 8 and t.stride(-1) != 1:
+        t = t.unsqueeze(-1)  # view(int32) doubles the last dimension, which needs stride 1
+    return t.view(_INTS[min(t.element_size(), 4)])
+
+
+class _Part:
+    """One tensor as integers, cut in units: values of its flat order when contiguous, else rows of dimension 0
+    (a slice there is still a view)."""
+
+    def __init__(self, name: str, t: Tensor):
+        self.name, self.ints = name, _int_view(t)
+        self.flat = self.ints.view(-1) if self.ints.is_contiguous() else None
+        self.per_unit = 1 if self.flat is not None else self.ints[0].numel()
+        self.units = len(self.flat) if self.flat is not None else len(self.ints)
+
+    def piece(self, a: int, b: int) -> Tensor:
+        return self.flat[a:b] if self.flat is not None else self.ints[a:b].reshape(-1)
+
+    def ranges(self, values: int) -> list[tuple[int, int]]:
+        step = max(1, values // self.per_unit)
+        return [(a, min(a + step, self.units)) for a in range(0, self.units, step)]
+
+
+class _Watch:
+    """Copies and hashes of the prefix tensors' values when the stored rows were computed, and the check of one
+    call; one device (see :func:`watches`)."""
+
+    def __init__(self, named: list[tuple[str, Tensor]]):
+        self.parts = [_Part(n, t) for n, t in named if t.numel()]
+        self.device = self.parts[0].ints.device
+        mids = [(part, *part.ranges(_BLOCK)[len(part.ranges(_BLOCK)) // 2]) for part in self.parts]
+        self._mids = [(part, a, b, part.piece(a, b).clone()) for part, a, b in mids]
+        turns = -(-len(mids) // _GROUP)
+        self.turns = [mids[t::turns] for t in range(turns)]  # each turn: views made once, others sliced each time
+        self._views = [[p.piece(a, b) for p, a, b in turn if p.flat is not None] for turn in self.turns]
+        self._copies = [[(p, a, b) for p, a, b in turn if p.flat is None] for turn in self.turns]
+        self._snaps = [self._block(t).clone() for t in range(turns)]
+        self.slots: list[list[tuple[_Part, int, int]]] = [[]]  # small tensors share a slot
+        for part in self.parts:
+            for a, b in part.ranges(_CHUNK):
+                if sum((y - x) * p.per_unit for p, x, y in self.slots[-1]) + (b - a) * part.per_unit > _CHUNK:
+                    self.slots.append([])
+                self.slots[-1].append((part, a, b))
+        self.slots = [slot for slot in self.slots if slot]
+        self._every = _EVERY
+        self.period = _EVERY * len(self.slots)  # calls per pass over every value
+        self._calls = 0
+        g = torch.Generator().manual_seed(0xF120)
+        longest = max(sum((b - a) * p.per_unit for p, a, b in slot) for slot in self.slots)
+        self._w = (torch.randint(-(2**63), 2**63 - 1, (longest,), generator=g) | 1).to(self.device)
+        self._expected = torch.stack([self._hash(k) for k in range(len(self.slots))]).tolist()  # one sync, here
+        self._by_tensor = [self._shares(k) for k in range(len(self.slots))]  # to name a change
+
+    def _block(self, t: int) -> Tensor:
+        return torch.cat([*self._views[t], *(p.piece(a, b) for p, a, b in self._copies[t])])
+
+    def _hash(self, k: int) -> Tensor:
+        x = torch.cat([p.piece(a, b) for p, a, b in self.slots[k]])
+        return (x * self._w[:len(x)]).sum()
+
+    def _shares(self, k: int) -> list[int]:
+        """Each tensor's share of slot ``k``'s hash (the weights it meets there)."""
+        out, at = [], 0
+        for p, a, b in self.slots[k]:
+            x = p.piece(a, b)
+            out.append((x * self._w[at:at + len(x)]).sum())
+            at += len(x)
+        return torch.stack(out).tolist()
+
+    def changed(self) -> bool | Tensor:
+        """Did a value this call compares change? On the CPU a bool; elsewhere a 0-d bool tensor on the device,
+        so that the check does not wait for it."""
+        calls, self._calls = self._calls, self._calls + 1
+        turn = calls % len(self.turns)
+        slot = calls // self._every % len(self.slots) if calls % self._every == 0 else None
+        if self.device.type == "cpu":
+            return not torch.equal(self._block(turn), self._snaps[turn]) or (
+                slot is not None and bool(self._hash(slot) != self._expected[slot]))
+        flag = (self._block(turn) != self._snaps[turn]).any()
+        return flag if slot is None else flag | (self._hash(slot) != self._expected[slot])
+
+    def which(self) -> tuple[str, bool] | None:
+        """The name of a tensor whose values changed and whether its middle values did (then the change happened
+        at most ``len(self.turns)`` calls ago), by a full pass: only once a change was seen. None: no change."""
+        for part, a, b, before in self._mids:
+            if not torch.equal(part.piece(a, b), before):
+                return part.name, True
+        for k, slot in enumerate(self.slots):
+            if bool(self._hash(k) != self._expected[k]):
+                changed = [p.name for (p, _, _), now, then in zip(slot, self._shares(k), self._by_tensor[k])
+                           if now != then]
+                return (changed or [slot[0][0].name])[0], False
+        return None
+
+
+def watches(named: list[tuple[str, Tensor]]) -> list[_Watch]:
+    """One :class:`_Watch` per device the tensors live on (tensors with no values need no watch)."""
+    by_device: dict[torch.device, list[tuple[str, Tensor]]] = {}
+    for name, t in named:
+        if t.numel():
+            by_device.setdefault(t.device, []).append((name, t))
+    return [_Watch(group) for group in by_device.values()]

@@ -30,7 +30,7 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 def seed_cnn(num_classes: int = 10) -> nn.Sequential:
-    """The ResNet-style CNN of ``shared/anchors/seed_methods.py`` (CIFAR-sized input), as a Sequential."""
+    """The ResNet-style CNN of the users' seed threads (CIFAR-sized input), as a Sequential."""
     return nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1), nn.ReLU(), _block(32, 64, 2), _block(64, 128, 2),
                          _block(128, 256, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, num_classes))
 

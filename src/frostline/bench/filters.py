@@ -1,6 +1,6 @@
 """Case A: half of every conv's filters frozen in the seed CNN (CIFAR-sized input, batch 64, AdamW wd=0.01).
 
-The hand-written methods are those of ``shared/anchors/seed_methods.py``: freezing the front four modules with
+The hand-written methods are those users write (the seed threads'): freezing the front four modules with
 ``requires_grad`` or an ``lr=0`` group (BatchNorm statistics still drift), and for the half-filter freeze,
 restoring the frozen filters after every step or masking their gradient (AdamW's weight decay still moves them).
 """

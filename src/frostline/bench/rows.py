@@ -1,7 +1,7 @@
 """Case B: a 30522x384 token embedding (MiniLM's vocabulary) of which only 64 rows train, AdamW wd=0.01.
 
 With 64 of 30522 rows trainable, the optimizer step over the frozen rows dominates. The hand-written methods are
-those of ``shared/anchors/seed_methods.py``: store/restore, gradient mask (not exact: weight decay and Adam's
+those users write by hand: store/restore, gradient mask (not exact: weight decay and Adam's
 momentum still move masked rows), and a hand-written sparse delta (only the 64 rows are a Parameter).
 """
 

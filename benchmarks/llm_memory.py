@@ -19,9 +19,14 @@ Methods (AdamW, lr 1e-3, no weight decay, the same batches in the same order):
   embedding (delta) and LM head (split); the final norm trains; the optimizer is ``frostline.optimizer`` and
   follows the draws through ``frostline.sync`` (state freed when a block freezes).
 - ``lora``: PEFT LoRA r=16, alpha 32, dropout 0 on every linear layer of the blocks (q k v o gate up down).
-- ``frostline_recompute`` (not in the default run; ``--method frostline_recompute``): ``frostline``, with the
-  blocks whose parameters are all frozen run under ``torch.utils.checkpoint`` (they need only their input
-  gradient, so they keep their input and recompute the rest in backward): what that would add.
+- ``frostline_recompute``: ``frostline`` with ``LayerwiseSampling(..., recompute_frozen=True)``: the frozen
+  blocks run under activation checkpointing (``frostline.lean.recompute``), keep only their inputs and run their
+  forward again in backward; the sampled blocks run plain.
+
+The model is built with ``use_cache=False`` (training needs no KV cache; a cache passed to a frozen block makes it
+run plain, since a replay would append to it again). After the memory runs, ``frostline`` and
+``frostline_recompute`` are timed once more, interleaved step by step over the same batches (no meter): the
+median step time of each and their ratio.
 
 Training memory, per step = gradients (after backward) + optimizer state (after the step) + tensors saved for
 backward (unique storages seen by ``torch.autograd.graph.saved_tensors_hooks`` during forward and loss that are
@@ -58,12 +63,12 @@ from frostline._table import human_bytes, render  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 VOCAB, HIDDEN, LAYERS, USED, WORD = 30522, 256, 8, 3000, 3
-METHODS = ("full", "lisa", "frostline", "lora")
-EXTRA = ("frostline_recompute",)  # not in the default table: what recomputing frozen blocks would add
+METHODS = ("full", "lisa", "frostline", "frostline_recompute", "lora")
+EXTRA: tuple[str, ...] = ()
 LABELS = {"full": "full fine-tuning", "lisa": "LISA as trainers write it (2 of 8, every 5)",
           "frostline": "frostline LayerwiseSampling(2, every=5) + vocabulary rows",
           "lora": "PEFT LoRA r=16, every linear of the blocks",
-          "frostline_recompute": "frostline as above, frozen blocks recomputed in backward (user code)"}
+          "frostline_recompute": "frostline as above, recompute_frozen=True"}
 LR, N_ACTIVE, EVERY, SEED = 1e-3, 2, 5, 0
 
 
@@ -74,7 +79,7 @@ def build_model():
     torch.manual_seed(SEED)
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=688, num_hidden_layers=LAYERS,
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                         tie_word_embeddings=False)
+                         tie_word_embeddings=False, use_cache=False)
     config._attn_implementation = "sdpa"
     return LlamaForCausalLM(config).train()
 
@@ -112,13 +117,10 @@ class Method:
         elif name in ("frostline", "frostline_recompute"):
             from frostline.schedules import LayerwiseSampling
 
-            if name == "frostline_recompute":
-                for layer in model.model.layers:
-                    layer.forward = functools.partial(_recompute_when_frozen, layer, layer.forward)
-
             self.rows = frostline.token_rows(train, vocab_size=VOCAB)
             frostline.train_token_rows(model, self.rows)
-            self.schedule = LayerwiseSampling(N_ACTIVE, every=EVERY, seed=SEED)
+            self.schedule = LayerwiseSampling(N_ACTIVE, every=EVERY, seed=SEED,
+                                              recompute_frozen=name == "frostline_recompute")
             self.schedule.step(model, step=0)  # the first draw, so the optimizer is built over what trains
             self.optimizer = frostline.optimizer(model, torch.optim.AdamW, lr=LR, weight_decay=0.0)
             self.before_step = lambda step: self.schedule.step(model, self.optimizer, step=step)
@@ -145,15 +147,6 @@ class Method:
 
     def trainable(self) -> int:
         return frostline.summary(self.model).trainable
-
-
-def _recompute_when_frozen(layer: torch.nn.Module, forward, *args, **kwargs):
-    """A frozen block needs only its input gradient: keep its input, recompute the rest in backward."""
-    if torch.is_grad_enabled() and not any(p.requires_grad for p in layer.parameters()):
-        from torch.utils.checkpoint import checkpoint
-
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
-    return forward(*args, **kwargs)
 
 
 # -- counting memory from the tensors ------------------------------------------------------------------------------
@@ -271,6 +264,24 @@ def run(name: str, train: list[torch.Tensor], held_out: list[torch.Tensor]) -> d
     return result
 
 
+def interleaved_times(names: list[str], train: list[torch.Tensor]) -> dict[str, float]:
+    """Median seconds per training step of each method, the methods stepping in turn over the same batches (so
+    machine load hits them alike); the first ``EVERY`` steps are warm-up."""
+    methods = {name: Method(name, train) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for step, ids in enumerate(train):
+        for name in (names if step % 2 == 0 else names[::-1]):
+            method = methods[name]
+            start = time.perf_counter()
+            method.before_step(step)
+            method.optimizer.zero_grad(set_to_none=True)
+            method.model(input_ids=ids, labels=ids).loss.backward()
+            method.optimizer.step()
+            if step >= EVERY:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def memory_case(args) -> dict:
     train, held_out = make_data(args.steps, args.batch, args.seq)
     results = {}
@@ -290,7 +301,15 @@ def memory_case(args) -> dict:
              f"{args.steps} steps of {args.batch}x{args.seq} tokens, AdamW lr {LR}, {args.threads} thread(s); "
              "memory = max over steps of gradients + optimizer state + saved for backward")
     text = render(headers, table, title=setup)
-    return {"setup": setup, "table": text, "headers": headers, "rows": table, "results": results,
+    timing = None
+    if {"frostline", "frostline_recompute"} <= results.keys() and args.steps > EVERY:
+        print("timing frostline and frostline_recompute, interleaved ...", file=sys.stderr, flush=True)
+        medians = interleaved_times(["frostline", "frostline_recompute"], train)
+        timing = {"median_step_s": medians, "ratio": medians["frostline_recompute"] / medians["frostline"]}
+        text += (f"\nstep time, interleaved, median of steps {EVERY}-{args.steps - 1}: frostline "
+                 f"{medians['frostline'] * 1e3:.0f} ms, recompute_frozen=True {medians['frostline_recompute'] * 1e3:.0f}"
+                 f" ms ({timing['ratio']:.2f}x)")
+    return {"setup": setup, "table": text, "headers": headers, "rows": table, "results": results, "timing": timing,
             "command": "python benchmarks/llm_memory.py " + " ".join(sys.argv[1:])}
 
 
@@ -464,6 +483,11 @@ def note(report: dict) -> str:
         figures = "; ".join(f"{r['label']}: {mib(r['max_total'])} MiB ({r['max_total'] / base:.2f}x LoRA"
                             f"{'' if 'lora' in results else ' of the table'}), held-out loss {r['held_out_loss']:.3f}"
                             for r in results.values())
+        timing = other.get("timing")
+        if timing:
+            ms = {k: f"{v * 1e3:.0f} ms" for k, v in timing["median_step_s"].items()}
+            figures += (f"; median step time, interleaved: {ms['frostline']} vs {ms['frostline_recompute']} "
+                        f"with recompute_frozen ({timing['ratio']:.2f}x)")
         variants.append(f"- `{other['command'].strip()}`: {figures}")
     if variants:
         lines += ["", "Variant runs:", "", *variants]

@@ -410,3 +410,127 @@ def test_silent_12_setting_lean_default_false_takes_effect_for_later_freezes():
         assert keeps(freeze(make(), "2", lean=True)[2]) is not None  # an explicit lean= wins over the default
     finally:
         frostline.lean.DEFAULT = saved
+
+
+# -- recomputing fully frozen blocks (issue 15 item 6) ----------------------------------------------------------
+class Block(nn.Module):
+    """A pre-norm residual MLP block: norm, up, GELU, down."""
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.norm, self.up, self.act, self.down = nn.LayerNorm(width), nn.Linear(width, 4 * width), nn.GELU(), \
+            nn.Linear(4 * width, width)
+
+    def forward(self, x):
+        return x + self.down(self.act(self.up(self.norm(x))))
+
+
+def _blocks_model(n: int = 3) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), *[Block() for _ in range(n)], nn.Linear(8, 2))
+
+
+def _packed(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every tensor autograd saves during the forward (parameters included), and the output."""
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = model(x)
+    return saved, out
+
+
+def test_recompute_frozen_blocks_keep_only_their_inputs_and_gradients_are_exact():
+    plain_model, model = _blocks_model(), _blocks_model()
+    for m in (plain_model, model):
+        freeze(m, ["1", "2", "3"])  # the first Linear and the head train; gradients flow back through the blocks
+    frostline.lean.recompute([model[1], model[2], model[3]])
+    x = torch.randn(16, 4)
+    # what the blocks save: exactly one tensor each, the block's input (the output of what runs before it)
+    inputs: list[torch.Tensor] = []
+    hooks = [model[i].register_forward_pre_hook(lambda m, args: inputs.append(args[0])) for i in (1, 2, 3)]
+    saved, out = _packed(model, x)
+    for h in hooks:
+        h.remove()
+    from_blocks = [t for t in saved if any(t is i for i in inputs)]
+    assert len(from_blocks) == 3
+    plain_saved, _ = _packed(plain_model, x)
+    params = {id(p) for p in model.parameters()}
+    ours = [t for t in saved if id(t) not in params]
+    assert len(ours) < len([t for t in plain_saved if id(t) not in {id(p) for p in plain_model.parameters()}])
+    # the blocks save nothing but their inputs: the first Linear's input, three block inputs, the head's input
+    assert sorted(saved_bytes(model, x)) == ["0", "1", "2", "3", "4"] and all(
+        saved_bytes(model, x)[str(i)] == 16 * 8 * 4 for i in (1, 2, 3))
+    del out
+    # exact: every gradient bit-identical to the run that keeps the activations, and the trainable ones train
+    for m in (plain_model, model):
+        optimizer = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1)
+        for step in range(3):
+            optimizer.zero_grad()
+            m(x + step).square().mean().backward()
+            optimizer.step()
+    for (name, a), b in zip(plain_model.named_parameters(), model.parameters()):
+        assert torch.equal(a, b), name
+    start = _blocks_model()
+    assert not torch.equal(start[0].weight, model[0].weight) and torch.equal(start[2].up.weight, model[2].up.weight)
+
+
+def test_recompute_skips_blocks_that_train_and_unfreeze_restores_the_plain_forward():
+    model = _blocks_model()
+    freeze(model, ["1", "2.norm", "2.up", "2.down", "3.up"])  # block 3 trains its norm and down
+    frostline.lean.recompute([model[1], model[2], model[3]])
+    x = torch.randn(16, 4)
+    kept = saved_bytes(model, x)
+    assert "1" in kept and "1.act" not in kept  # frozen: its input only
+    assert "3" not in kept and "3.act" in kept  # trains: its activations, as PyTorch keeps them
+    assert keeps(model[1]) == keeps(model[2]) and "recomputes" in keeps(model[1]) and keeps(model[3]) is None
+    frostline.lean.refresh(model, None)  # what every freeze/unfreeze does: drops it from blocks that train
+    assert "forward" not in model[3].__dict__ and "forward" in model[1].__dict__
+    unfreeze(model, ["2.up"])
+    assert "forward" not in model[2].__dict__ and keeps(model[2]) is None and "2.act" in saved_bytes(model, x)
+    freeze(model, ["2.up"])  # freezing again does not bring it back by itself
+    assert "forward" not in model[2].__dict__
+    frostline.lean.recompute(model[1], enabled=False)
+    assert "forward" not in model[1].__dict__ and "1.act" in saved_bytes(model, x)
+    # the forward travels with copies, and the copy recomputes too
+    frostline.lean.recompute(model[2])
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert "2.act" not in saved_bytes(clone, x) and keeps(clone[2]) == keeps(model[2])
+    assert frostline.explain(model, x).kept["2"] == keeps(model[2])  # visible in explain's table
+
+
+def test_recompute_refuses_a_module_with_a_forward_of_its_own():
+    model = _blocks_model()
+    model[1].forward = lambda x: x
+    with pytest.raises(FreezeError, match="already has an instance forward of its own"):
+        frostline.lean.recompute([model[2], model[1]])
+    assert "forward" not in model[2].__dict__  # all or nothing
+    with pytest.raises(TypeError, match="enabled must be True or False"):
+        frostline.lean.recompute(model[2], enabled=1)
+
+
+def test_recompute_leaves_calls_with_state_objects_plain():
+    """A KV cache passed to a frozen layer would be appended to again by the replay in backward."""
+    pytest.importorskip("transformers")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    freeze(llama, ["model.layers"])
+    frostline.lean.recompute(list(llama.model.layers))
+    ids = torch.randint(0, 50, (2, 9))
+    grads = {}
+    for use_cache in (False, True):
+        llama.zero_grad()
+        if use_cache:
+            with pytest.warns(UserWarning, match="LlamaDecoderLayer was given cache=DynamicCache.*runs plain"
+                                                 ".*use_cache=False"):
+                out = llama(input_ids=ids, labels=ids, use_cache=True)
+        else:
+            assert "model.layers.0.mlp" not in saved_bytes(llama, input_ids=ids, labels=ids, use_cache=False)
+            out = llama(input_ids=ids, labels=ids, use_cache=False)
+        out.loss.backward()
+        grads[use_cache] = [p.grad.clone() for p in llama.parameters() if p.requires_grad]
+        if use_cache:
+            assert out.past_key_values.get_seq_length() == 9  # not 18: the layers ran once
+    assert all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
+    assert any(g.abs().sum() > 0 for g in grads[False])

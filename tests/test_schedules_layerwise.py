@@ -506,3 +506,80 @@ def test_lightning_every_sampled_block_trains():
     blocks = [[f"blocks.{i}.{n}" for n, _ in module.net.blocks[i].named_parameters()] for i in range(3)]
     check_intervals(snapshots.intervals, values(module.net), blocks)
     assert len(snapshots.intervals) == 4 and len({tuple(a) for a, _ in snapshots.intervals}) > 1
+
+
+# -- recompute_frozen: frozen blocks keep only their inputs (issue 15 item 6) ----------------------------------
+def test_recompute_frozen_trains_bit_identical_and_recomputes_only_the_frozen_blocks():
+    from frostline.lean._recompute import recomputes
+
+    runs = {}
+    for recompute in (False, True):
+        model = tiny(4)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        schedule = LayerwiseSampling(n_active=2, every=3, seed=1, recompute_frozen=recompute)
+        intervals = []
+        for step in range(12):
+            if schedule.step(model, optimizer, step=step) is not None:
+                intervals.append((schedule.active, values(model)))
+            assert [recomputes(b) for b in model.blocks] == [recompute and i not in schedule.active
+                                                             for i in range(4)]
+            if recompute and step == 0:  # frozen blocks keep their input only; sampled ones their activations
+                kept = frostline.lean.saved_bytes(model, torch.randint(0, 12, (4, 5)))
+                for i in range(4):
+                    assert (f"blocks.{i}" in kept) == (i not in schedule.active)
+                    assert (f"blocks.{i}.2" in kept) == (i in schedule.active)  # the GELU's input
+            train_step(model, optimizer, step)
+        assert len({tuple(a) for a, _ in intervals}) > 1  # the draws did switch blocks
+        check_intervals(intervals, values(model), [block_names(model, i) for i in range(4)])
+        runs[recompute] = values(model)
+    for name, value in runs[False].items():
+        assert torch.equal(value, runs[True][name]), name
+
+
+def test_recompute_frozen_on_a_llama_is_exact_and_survives_a_restore():
+    pytest.importorskip("transformers")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+                                        num_attention_heads=2, num_key_value_heads=2, use_cache=False)).train()
+    ids = torch.randint(0, 50, (2, 9))
+    runs = {}
+    for recompute in (False, True):
+        model = copy.deepcopy(base)
+        schedule = LayerwiseSampling(1, every=2, seed=0, recompute_frozen=recompute)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        losses = []
+        for step in range(6):
+            schedule.step(model, optimizer, step=step)
+            optimizer.zero_grad()
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        runs[recompute] = losses, values(model), schedule, model
+    assert all(torch.equal(a, b) for a, b in zip(runs[False][0], runs[True][0]))
+    assert all(torch.equal(v, runs[True][1][n]) for n, v in runs[False][1].items())
+    assert not torch.equal(runs[True][1]["model.embed_tokens.weight"], base.model.embed_tokens.weight)
+    schedule, model = runs[True][2], runs[True][3]
+    kept = frostline.lean.saved_bytes(model, input_ids=ids, labels=ids)
+    for i in range(4):
+        frozen = i not in schedule.active
+        assert (kept.get(f"model.layers.{i}") == 2 * 9 * 16 * 4) == frozen  # the hidden state it was given
+        assert (f"model.layers.{i}.mlp" in kept) == (not frozen)
+    # a resumed schedule puts the recomputing forward back on the frozen blocks
+    resumed = LayerwiseSampling(1, every=2, seed=0, recompute_frozen=True)
+    resumed.load_state_dict(schedule.state_dict())
+    fresh = copy.deepcopy(base)
+    resumed.restore(fresh)
+    assert [frostline.lean.keeps(layer) is not None for layer in fresh.model.layers] == \
+        [i not in schedule.active for i in range(4)]
+
+
+def test_recompute_frozen_needs_groups_that_are_modules():
+    with pytest.raises(TypeError, match="recompute_frozen must be True or False"):
+        LayerwiseSampling(1, 1, recompute_frozen="yes")
+    schedule = LayerwiseSampling(1, 1, groups=[["blocks.0.0.weight"], "blocks.1", "blocks.2"], recompute_frozen=True)
+    with pytest.raises(FrostlineError, match=r"group 0 \(blocks.0.0.weight\) is not all the parameters of one "
+                                             r"module.*blocks.0.0.*holds 2.*recompute_frozen=False"):
+        schedule.step(tiny(4), step=0)

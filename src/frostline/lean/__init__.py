@@ -31,6 +31,11 @@ memory at 1.02x its step time; MiniLM 1.00x). ``frostline.lean.DEFAULT = False``
 without ``lean=`` keep PyTorch's forward (it is read at each call; modules frozen before keep their choice);
 ``lean=False`` does so for one call; ``unfreeze`` restores the plain forward.
 
+Whole frozen blocks (transformer layers) can keep even less: ``frostline.lean.recompute(blocks)`` runs each under
+activation checkpointing while it is fully frozen, so it keeps only its inputs and recomputes its forward in
+backward (exact; one more forward per frozen block). ``LayerwiseSampling(..., recompute_frozen=True)`` does so
+for the blocks it freezes; a block that trains again runs plain (see :func:`frostline.lean.recompute`).
+
 >>> import torch, torch.nn as nn, frostline
 >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
 >>> _ = frostline.freeze(model, ["2", "3"], lean=True)
@@ -47,5 +52,6 @@ DEFAULT: bool = True  # read by every freeze(..., lean=None) call: set frostline
 
 from ._core import keeps, refresh  # noqa: E402  (after DEFAULT, which _core reads from this module)
 from .measure import saved_bytes
+from ._recompute import recompute
 
-__all__ = ["DEFAULT", "keeps", "refresh", "saved_bytes"]
+__all__ = ["DEFAULT", "keeps", "recompute", "refresh", "saved_bytes"]

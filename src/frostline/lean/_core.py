@@ -17,7 +17,7 @@ from torch.nn.parameter import is_lazy
 
 from .._state import partial_tensors
 from ..errors import FreezeError
-from . import activation, conv, norm, pool
+from . import _recompute as recompute, activation, conv, norm, pool
 
 CHOICE = "_frostline_lean"
 
@@ -114,6 +114,7 @@ def refresh(model: nn.Module, lean: bool | None) -> None:
     """
     if lean is not None and not isinstance(lean, bool):
         raise FreezeError(f"lean must be True, False or None (frostline's default), not {lean!r}")
+    recompute.release(model)  # a recomputed block that trains again runs plain: it needs its activations
     modules = [m for _, m in model.named_modules()]
     for module, eligible in zip(modules, _eligible(modules)):
         found = cover(module)
@@ -144,6 +145,8 @@ def keeps(module: nn.Module) -> str | None:
         >>> frostline.lean.keeps(frostline.unfreeze(model)[1]) is None
         True
     """
+    if recompute.recomputes(module):
+        return recompute.KEEPS if recompute.fully_frozen(module) else None
     found = cover(module)
     if found is None or not module.__dict__.get(CHOICE):
         return None

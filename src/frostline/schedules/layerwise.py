@@ -16,7 +16,7 @@ from .._state import get_partial
 from ..errors import FrostlineError
 from ..groups import _CONTAINERS, _has_params, _is_leaf
 from ..select import select
-from ._base import Change, Plan, Schedule
+from ._base import Change, Plan, Schedule, _common_module
 
 __all__ = ["LayerwiseSampling", "repeated_blocks"]
 
@@ -114,6 +114,11 @@ class LayerwiseSampling(Schedule):
         groups: selector specs or name lists, one per block; default :func:`repeated_blocks`.
         optimizer_state (str): ``"fresh"`` (default) or ``"cpu"``: what a block's optimizer state does while
             it is frozen (freed; or moved to the CPU, one copy at each draw, and brought back when it returns).
+        recompute_frozen (bool): run the frozen blocks under activation checkpointing
+            (:func:`frostline.lean.recompute`): each keeps only its inputs for backward and runs its forward again
+            in backward (exact gradients; one more forward per frozen block and step). Blocks that train run
+            plain. Each group must be one module's parameters (the default groups are). A transformers model
+            must train without a KV cache (``model.config.use_cache = False``): a block given one runs plain.
 
     Example:
         >>> import torch, torch.nn as nn
@@ -135,7 +140,7 @@ class LayerwiseSampling(Schedule):
     unit = "step"
 
     def __init__(self, n_active: int, every: int, seed: int = 0, *, groups: Sequence[Any] | None = None,
-                 optimizer_state: Literal["fresh", "cpu"] = "fresh"):
+                 optimizer_state: Literal["fresh", "cpu"] = "fresh", recompute_frozen: bool = False):
         super().__init__(groups)
         for label, value in (("n_active", n_active), ("every", every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -145,7 +150,10 @@ class LayerwiseSampling(Schedule):
         if optimizer_state not in ("fresh", "cpu"):
             raise ValueError(f"optimizer_state must be 'fresh' (the paper: state freed when a block freezes) or "
                              f"'cpu' (kept on the CPU until the block returns), got {optimizer_state!r}")
+        if not isinstance(recompute_frozen, bool):
+            raise TypeError(f"recompute_frozen must be True or False, got {recompute_frozen!r}")
         self.n_active, self.every, self.seed, self.optimizer_state = n_active, every, seed, optimizer_state
+        self.recompute_frozen = recompute_frozen
         self._generator = torch.Generator().manual_seed(seed)
         self._interval = -1  # the last interval (step // every) drawn for
         self._active: list[int] = []
@@ -191,12 +199,17 @@ class LayerwiseSampling(Schedule):
         change = super().step(model, optimizer, epoch=epoch, step=step)
         if change is not None and parking:
             self._park(model, optimizer, held or {}, change.frozen, change.unfrozen)
+        if change is not None and self.recompute_frozen:
+            self._recompute(model)
         return change
 
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
         if optimizer is not None and self.optimizer_state == "cpu":
             self._hook(optimizer)  # before the optimizer's state_dict is loaded, so it hands back the parked state
+        restoring = self._pending is not None
         super().restore(model, optimizer)
+        if restoring and self.recompute_frozen:
+            self._recompute(model)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Load a :meth:`state_dict` (see :meth:`Schedule.load_state_dict`).
@@ -219,7 +232,25 @@ class LayerwiseSampling(Schedule):
         if self.n_active > len(groups):
             raise FrostlineError(f"n_active={self.n_active} but the model has {len(groups)} blocks "
                                  f"({_module_span(groups)}); choose n_active <= {len(groups)}")
+        if self.recompute_frozen:
+            for i, names in enumerate(groups):
+                path = _common_module(names)
+                held = {f"{path}.{n}" if path else n for n, _ in model.get_submodule(path).named_parameters()}
+                if not path or held != set(names):
+                    raise FrostlineError(f"recompute_frozen=True recomputes whole blocks, but group {i} "
+                                         f"({', '.join(names[:2])}{', ...' if len(names) > 2 else ''}) is not all "
+                                         f"the parameters of one module (their deepest common module, "
+                                         f"{path or 'the model'}, holds {len(held)}); pass groups that are "
+                                         "modules, or recompute_frozen=False")
         return groups
+
+    def _recompute(self, model: nn.Module) -> None:
+        """Frozen blocks recompute in backward, active ones run plain (they need their activations anyway)."""
+        from ..lean import recompute
+
+        active = set(self._active)
+        for i, names in enumerate(self.groups):
+            recompute(model.get_submodule(_common_module(names)), i not in active)
 
     def _claim(self, model: nn.Module) -> int:
         """The blocks are the schedule's, found or given (the base class calls this at the first step and at a

@@ -572,3 +572,186 @@ def test_error_cache_one_id_two_inputs():
     same = torch.cat([x[:2], x[:1]])  # one id for two equal inputs (sampling with replacement) is fine
     assert torch.allclose(cache(torch.tensor([0, 1, 0]), same), model(same))
     assert len(cache) == 2
+
+
+# -- issue 16: the schedule drives the cache --------------------------------------------------------------------
+class _Counted(nn.Linear):
+    """Counts its real forwards (a cache's placeholder replaces ``forward`` on the instance; hooks would count it)."""
+
+    calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x)
+
+
+class _Block(nn.Module):
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.lin, self.norm = _Counted(n_in, n_out), nn.LayerNorm(n_out)
+
+    def forward(self, x, mask):
+        return torch.tanh(self.norm(self.lin(x))) * mask  # a second per-sample input, as an attention mask is
+
+
+class _Stack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = _Counted(6, 12)
+        self.blocks = nn.ModuleList([_Block(12, 12) for _ in range(3)])
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x, mask):
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h, mask)
+        return self.head(h)
+
+
+class _Deeper(frostline.schedules.Schedule):
+    """Freezes one more group at each step in ``at``; shrinks back to ``back`` groups at step ``back_at``."""
+
+    unit = "step"
+
+    def __init__(self, at, back_at=None, back=0):
+        super().__init__(groups=["embed", "blocks.0", "blocks.1", "blocks.2", "head"])
+        self.at, self.back_at, self.back = at, back_at, back
+
+    def plan(self, epoch, step):
+        n = sum(step >= s for s in self.at)
+        if self.back_at is not None and step >= self.back_at:
+            n = self.back
+        return frostline.schedules.Plan(frozenset(range(n)))
+
+
+def _follow_run(cached: bool, schedule, steps: int, batches):
+    torch.manual_seed(0)
+    model = _Stack()
+    ran = {name: model.get_submodule(name) for name in ("embed", "blocks.0.lin", "blocks.1.lin")}
+    cache = frostline.FeatureCache(model, upto=schedule) if cached else None
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses, at = [], []
+    for step in range(steps):
+        schedule.step(model, opt, step=step)
+        if step == 9:
+            model.snap = {n: p.detach().clone() for n, p in model.named_parameters()}
+        ids, x, mask, y = batches[step % len(batches)]
+        before = {k: m.calls for k, m in ran.items()}
+        out = cache(ids, x, mask) if cached else model(x, mask)
+        at.append({k: m.calls - before[k] for k, m in ran.items()})
+        loss = F.cross_entropy(out, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+    return model, losses, at, cache
+
+
+def _follow_batches(n=3, rows=4):
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(n * rows, 6, generator=g), torch.randint(0, 3, (n * rows,), generator=g)
+    mask = (torch.rand(n * rows, 12, generator=g) > 0.2).float()
+    return [(torch.arange(k * rows, (k + 1) * rows), x[k * rows:(k + 1) * rows], mask[k * rows:(k + 1) * rows],
+             y[k * rows:(k + 1) * rows]) for k in range(n)]
+
+
+def test_issue16_cache_follows_the_schedule_same_losses_rows_advanced_not_recomputed():
+    batches = _follow_batches()  # 3 batches: an epoch is 3 steps
+    # step 0-2 nothing frozen, 3-5 embed frozen, 6-8 + blocks.0, 9-11 + blocks.1
+    sched_c, sched_p = _Deeper(at=[3, 6, 9]), _Deeper(at=[3, 6, 9])
+    model_c, cached, at, cache = _follow_run(True, sched_c, 15, batches)
+    model_p, plain, _, _ = _follow_run(False, sched_p, 15, batches)
+    assert all(torch.equal(a, b) for a, b in zip(cached, plain))  # bit-identical losses
+    assert cache.upto == "blocks.1" and len(cache) == 12 and cache.advanced == 6
+    for name in ("embed", "blocks.0", "blocks.1"):  # frozen stays as it started, in both runs
+        assert all(torch.equal(a, b) for a, b in zip(model_c.get_submodule(name).parameters(),
+                                                     model_p.get_submodule(name).parameters()))
+    snap = model_c.snap  # taken at step 9, when blocks.1 froze: frozen stays bit-identical, what trains moved
+    assert torch.equal(model_c.embed.weight, snap["embed.weight"])
+    assert torch.equal(model_c.blocks[1].lin.weight, snap["blocks.1.lin.weight"])
+    assert not torch.equal(model_c.blocks[2].lin.weight, snap["blocks.2.lin.weight"])
+    assert not torch.equal(model_c.head.weight, snap["head.weight"])
+    assert torch.equal(model_c.head.weight, model_p.head.weight)
+    # real forwards per step: the embedding runs until its rows are stored (steps 0-5), never again: when blocks.0
+    # and then blocks.1 freeze, only they run, once per batch, on the stored rows (steps 6-8, 9-11). A 2 is the
+    # suffix of the check each new depth's first cached forward makes against the uncached one
+    assert [a["embed"] for a in at] == [1] * 6 + [0] * 9
+    assert [a["blocks.0.lin"] for a in at] == [1, 1, 1, 2, 1, 1, 1, 1, 1] + [0] * 6
+    assert [a["blocks.1.lin"] for a in at] == [1, 1, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 0, 0, 0]
+    assert len(cache._depths) == 1  # the shallower rows went once every sample was advanced
+
+
+def test_issue16_cache_drops_deeper_rows_when_the_prefix_shrinks_and_runs_the_model_before_any_freeze():
+    batches = _follow_batches(n=2)
+    sched_c, sched_p = _Deeper(at=[2, 4], back_at=6, back=1), _Deeper(at=[2, 4], back_at=6, back=1)
+    _, cached, at, cache = _follow_run(True, sched_c, 10, batches)
+    _, plain, _, _ = _follow_run(False, sched_p, 10, batches)
+    assert all(torch.equal(a, b) for a, b in zip(cached, plain))
+    assert cache.upto == "embed" and len(cache) == 8
+    # from step 6 blocks.0 trains again and runs every step (twice at the new depth's check); the embedding's
+    # rows went when blocks.0's depth held every sample, so they are computed again from the input, once
+    assert [a["blocks.0.lin"] for a in at] == [1, 1, 2, 1, 1, 1, 2, 1, 1, 1]
+    assert [a["embed"] for a in at] == [1, 1, 1, 1, 0, 0, 1, 1, 0, 0]
+
+
+def test_issue16_following_cache_refusals():
+    model = _Stack()
+    with pytest.raises(ValueError, match="keeps its rows in memory"):
+        frostline.FeatureCache(model, upto=_Deeper(at=[0]), store="disk", path="somewhere")
+    cache = frostline.FeatureCache(model, upto=_Deeper(at=[5]))
+    assert isinstance(cache, frostline.FeatureCache) and cache.upto is None and len(cache) == 0
+    ids, x, mask, y = _follow_batches(n=1)[0]
+    assert torch.equal(cache(ids, x, mask), model(x, mask))  # nothing frozen, no step yet: the model runs
+    with pytest.raises(CacheError, match="frozen no prefix yet"):
+        cache.fill([(ids, x, mask)])
+
+
+class _ClsProbe(nn.Module):
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder, self.head = encoder, nn.Linear(encoder.config.hidden_size, 4)
+
+    def forward(self, input_ids, attention_mask):
+        return self.head(self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0])
+
+
+def test_issue16_bert_rows_advance_layer_by_layer_with_the_padding_mask(minilm):
+    class Deeper(frostline.schedules.Schedule):
+        unit = "step"
+
+        def plan(self, epoch, step):  # embeddings at step 2, then one more layer every 2 steps
+            return frostline.schedules.Plan(frozenset(range(min(step // 2, 4))))
+
+    groups = ["encoder.embeddings", *[f"encoder.encoder.layer.{i}" for i in range(3)], "head"]
+    torch.manual_seed(0)
+    ids, y = torch.randint(1000, 30000, (8, 12)), torch.randint(0, 4, (8,))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = mask[6, 3:] = 0
+    runs = []
+    for cached in (True, False):
+        torch.manual_seed(0)
+        model = _ClsProbe(copy.deepcopy(minilm)).eval()  # eval: no dropout anywhere, so losses match bit for bit
+        ran = counting(model.encoder.embeddings.word_embeddings)
+        schedule = Deeper(groups=groups)
+        cache = frostline.FeatureCache(model, upto=schedule) if cached else None
+        opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+        losses = []
+        for step in range(10):
+            schedule.step(model, opt, step=step)
+            if step == 2:  # the embeddings just froze
+                snap = [model.encoder.embeddings.word_embeddings.weight.clone(), model.head.weight.clone()]
+            b = slice(4 * (step % 2), 4 * (step % 2) + 4)
+            out = cache(torch.arange(8)[b], ids[b], mask[b]) if cached else model(ids[b], mask[b])
+            loss = F.cross_entropy(out, y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        runs.append((losses, len(ran), cache, model, snap))
+    (cached_losses, cached_ran, cache, model, snap), (plain_losses, plain_ran, _, plain, _) = runs
+    assert all(torch.equal(a, b) for a, b in zip(cached_losses, plain_losses))
+    assert cache.upto == "encoder.encoder.layer.2" and cache.advanced == 6  # 3 deeper prefixes x 2 batches
+    assert cached_ran == 4 and plain_ran == 10  # the embeddings ran before and when they froze, never again
+    assert torch.equal(model.head.weight, plain.head.weight)
+    assert torch.equal(model.encoder.embeddings.word_embeddings.weight, snap[0])  # frozen: bit-identical
+    assert not torch.equal(model.head.weight, snap[1])  # the head trained

@@ -41,13 +41,14 @@ True
 from __future__ import annotations
 
 
+import contextlib
 import operator
 import os
 import sys
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 import torch
 from torch import Tensor, nn
@@ -62,6 +63,7 @@ from ._watch import _Watch, watches
 __all__ = ["FeatureCache", "CacheError", "with_ids"]
 
 _MISSING = object()
+_VERSION, _GRAD, _TRAINING = (operator.attrgetter(a) for a in ("_version", "requires_grad", "training"))
 
 
 class _Stop(Exception):
@@ -96,13 +98,14 @@ _CALL = ("FeatureCache is called as cache(sample_ids, *model_args): one integer 
          "index, see frostline.with_ids), then what the model takes, e.g. cache(ids, x) where model(x) was")
 
 
-def _no_ids(sample_ids: Any, args: tuple, kwargs: dict) -> None:
+def _no_ids(sample_ids: Any, args: tuple, kwargs: dict, leaves_checked: bool = False) -> None:
     """Refuse a call that looks like ``model(...)``: the first argument is not ids, or no model input follows."""
     if isinstance(sample_ids, Tensor) and (sample_ids.dim() != 1 or sample_ids.is_floating_point()
                                            or sample_ids.is_complex()):
         raise CacheError(f"the cache was called without sample ids: its first argument is a {sample_ids.dtype} "
                          f"tensor of shape {tuple(sample_ids.shape)}, not one integer id per row. {_CALL}")
-    if isinstance(sample_ids, Tensor) and not any(isinstance(t, Tensor) for t in pytree.tree_leaves((args, kwargs))):
+    if isinstance(sample_ids, Tensor) and not leaves_checked and not any(
+            isinstance(t, Tensor) for t in pytree.tree_leaves((args, kwargs))):
         raise CacheError(f"the cache was called without sample ids or without model inputs: it got one tensor "
                          f"(shape {tuple(sample_ids.shape)}) and nothing for the model. {_CALL}")
 
@@ -119,6 +122,14 @@ def _id_list(sample_ids: Any, batch: int) -> list[int]:
     if len(ids) != batch:
         raise CacheError(f"{len(ids)} sample ids for a batch of {batch} rows: pass one id per row")
     return ids
+
+
+def _flat_key(args: tuple, kwargs: dict) -> tuple | None:
+    """What ``_describe``'s result depends on when every argument is a tensor (the usual call), else None."""
+    values = (*args, *kwargs.values())
+    if not all(isinstance(v, Tensor) for v in values):
+        return None
+    return (tuple(kwargs), *[(v.shape, v.dtype, v.device) for v in values])
 
 
 def _describe(args: tuple, kwargs: dict) -> tuple[int, list[Tensor], str]:
@@ -168,7 +179,10 @@ class FeatureCache:
     Args:
         model (nn.Module): the model; everything the prefix computes with must be fully frozen, and the prefix
             deterministic (dropout and BatchNorm in eval behaviour, as :func:`frostline.freeze` keeps them).
-        upto (str): qualified name of the last prefix module, e.g. ``"encoder.layer.3"`` or ``"features"``.
+        upto (str | Schedule): qualified name of the last prefix module, e.g. ``"encoder.layer.3"`` or
+            ``"features"``; or a schedule (``AutoFreeze`` ...) whose frozen prefix the cache follows: it runs the
+            model until a prefix is frozen, advances stored rows through the newly frozen blocks (once, not from
+            the input) when the prefix grows, and drops the deeper rows when it shrinks (memory store only).
         store (str): ``"memory"`` (tensors on the device that computed them) or ``"disk"`` (memory-mapped files
             under ``path``, reused by a later process when the prefix's weights are the same; processes may fill
             one path together: writers take turns under a file lock, every row read is checked against its
@@ -186,6 +200,13 @@ class FeatureCache:
             ``upto`` runs twice, the suffix reads other prefix outputs), a seen sample's input changed, a disk
             store's file is missing, truncated or fails its checksum, or another process held its lock too long.
     """
+
+    def __new__(cls, model: Any = None, upto: Any = None, *args: Any, **kwargs: Any) -> FeatureCache:
+        if cls is FeatureCache and callable(getattr(upto, "frozen_upto", None)):  # a schedule: follow its prefix
+            from ._follow import _Following
+
+            return super().__new__(_Following)
+        return super().__new__(cls)
 
     def __init__(self, model: nn.Module, upto: str, *, store: Literal["memory", "disk"] = "memory",
                  path: str | os.PathLike | None = None, progress: bool | None = None, check_every: int = 64):
@@ -219,6 +240,9 @@ class FeatureCache:
         self._hasher = _Hasher()
         self._pending: Tensor | None = None  # input-change flags not read yet (accelerators)
         self._unread = 0
+        self._sigs: dict[tuple, tuple[int, str, int]] = {}  # input signatures by shapes, dtypes and devices
+        self._none = torch.empty(0)  # stands for a prefix tensor set to None, in the fingerprint
+        self._below: list[FeatureCache] = []  # shallower caches this one advances rows from (see _follow)
 
     # -- public -----------------------------------------------------------------------------------------------------
     def __call__(self, sample_ids: Any, *args: Any, **kwargs: Any) -> Any:
@@ -287,8 +311,9 @@ class FeatureCache:
     def _fingerprint(self, plan: _Plan, device_type: str) -> tuple:
         # host-side metadata only: a new tensor, an in-place write (version), new storage (.data =, .to(dtype)),
         # or a freeze-state change each alter it
-        tensors = [None if (t := table.get(local)) is None else (id(t), t._version, t.data_ptr(), t.requires_grad)
-                   for table, local in plan.tables]
+        # every call: loops in C (map, zip) over the ~100 tensors of a transformer's prefix, not in Python
+        now = [self._none if t is None else t for t in map(dict.get, plan.dicts, plan.locals)]
+        tensors = list(zip(map(id, now), map(_VERSION, now), map(Tensor.data_ptr, now), map(_GRAD, now)))
         return tensors, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
 
     def _revalidate(self, device_type: str) -> None:
@@ -335,7 +360,7 @@ class FeatureCache:
         self.clear()
 
     def _modes(self, plan: _Plan) -> tuple[bool, ...]:
-        return tuple(m.training for _, m in plan.modules)
+        return tuple(map(_TRAINING, plan.module_list))
 
     def _check_prefix(self, plan: _Plan) -> None:
         from .._state import partial_tensors
@@ -372,13 +397,14 @@ class FeatureCache:
                           "epoch. Put the prefix in eval mode (.eval() on it after model.train()) to cache it")
 
     def _check_inputs(self, ids: list[int], slots: list[int], hashes: Tensor) -> None:
-        changed = self._store.stored_hashes(slots, hashes.device) != hashes
+        stored = self._store.stored_hashes(slots, hashes.device)
         if hashes.device.type == "cpu":
-            if bool(changed.any()):
+            if not torch.equal(stored, hashes):
+                changed = stored != hashes
                 bad = [i for i, c in zip(ids, changed.tolist()) if c]
                 raise CacheError(_changed(bad))
             return
-        flag = changed.any()  # stays on the device: read every check_every calls
+        flag = (stored != hashes).any()  # stays on the device: read every check_every calls
         self._pending = flag if self._pending is None else self._pending | flag
         self._unread += 1
         if self._unread >= self.check_every:
@@ -411,15 +437,23 @@ class FeatureCache:
     def _lookup(self, sample_ids: Any, args: tuple, kwargs: dict) -> tuple:
         """A batch's size, input signature, device, ids, row hashes and stored slots (None: not stored), after
         dropping everything stored if the prefix changed."""
-        _no_ids(sample_ids, args, kwargs)
-        batch, tensors, sig = _describe(args, kwargs)
+        key = _flat_key(args, kwargs)
+        known = self._sigs.get(key) if key is not None else None
+        _no_ids(sample_ids, args, kwargs, leaves_checked=known is not None)
+        if known is None:
+            batch, tensors, sig = _describe(args, kwargs)
+            salt = zlib.crc32(sig.encode())
+            if key is not None:
+                self._sigs[key] = (batch, sig, salt)  # tensors only: the same shapes give the same signature
+        else:
+            (batch, sig, salt), tensors = known, [*args, *kwargs.values()]  # the order pytree flattens them in
         ids = _id_list(sample_ids, batch)
         device = tensors[0].device
         self._revalidate(device.type)
-        hashes = self._hasher.rows(tensors, batch, zlib.crc32(sig.encode()))
+        hashes = self._hasher.rows(tensors, batch, salt)
         if len(set(ids)) < len(ids):
             self._check_repeats(ids, hashes)
-        return batch, sig, device, ids, hashes, [self._store.index.get(i) for i in ids]
+        return batch, sig, device, ids, hashes, list(map(self._store.index.get, ids))
 
     def _check_repeats(self, ids: list[int], hashes: Tensor) -> None:
         """An id given to several rows of a batch must name one input (sampling with replacement), not several."""
@@ -515,7 +549,12 @@ class FeatureCache:
             for sub_name, sub in top.named_modules():
                 modules[id(sub)] = (f"{names[id(top)]}.{sub_name}".rstrip("."), sub)
         owned = [entry for entry in trace.owner.values() if id(entry[1]) in modules]
-        tensors = list({e[0]: e for e in [*owned, *trace.read.values()]}.values())
+        # a shallower cache's prefix may run as placeholders in this trace: what it reads is this prefix's too
+        below = [p for c in self._below for p in c._plans.values()]
+        tensors = list({e[0]: e for e in [*owned, *trace.read.values(), *(e for p in below for e in p.tensors)]}
+                       .values())
+        for p in below:
+            modules.update((id(m), (n, m)) for n, m in p.modules)
         plan = _Plan(list(roots.values()), upto_out, tensors, list(modules.values()))
         self._check_prefix(plan)
         if isinstance(self._store, _DiskStore):
@@ -576,6 +615,13 @@ class FeatureCache:
     def _cached_forward(self, plan: _Plan, slots: list[int], batch: int, device: torch.device, args: tuple,
                         kwargs: dict) -> Any:
         """The model with ``upto`` returning stored rows and the prefix modules before it returning placeholders."""
+        with self._patched(plan, slots, batch, device):
+            return self.model(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _patched(self, plan: _Plan, slots: list[int], batch: int, device: torch.device) -> Iterator[None]:
+        """Within: ``upto`` returns these stored rows and the prefix modules before it placeholders (a deeper
+        cache of a schedule's prefix runs the model in here to advance rows through the newly frozen blocks)."""
         value = plan.upto_out.build(batch, self._store.read(slots, device))
         done, calls = [False], {}
 
@@ -597,7 +643,7 @@ class FeatureCache:
         try:
             for module, forward in patches:
                 module.__dict__["forward"] = forward
-            return self.model(*args, **kwargs)
+            yield
         finally:
             for module, before in reversed(previous):
                 if before is _MISSING:

@@ -40,10 +40,15 @@ class _Hasher:
     def rows(self, tensors: list[Tensor], batch: int, salt: int = 0) -> Tensor:
         h = None
         for t in tensors:
-            x = _as_ints(t).reshape(batch, -1)
-            part = (x * self._w(x.shape[1], x.device)).sum(1)
-            h = part if h is None else h * 1_000_003 + part.to(h.device, non_blocking=True)
-        return h + salt
+            x = (t if t.dtype is torch.int64 and not t.requires_grad else _as_ints(t)).reshape(batch, -1)
+            w = self._w(x.shape[1], x.device)
+            # wrapping int64 arithmetic: mv sums in another order than (x * w).sum(1), to the same value
+            part = torch.mv(x, w) if x.device.type == "cpu" and x.shape[1] else (x * w).sum(1)
+            if h is None:
+                h = part
+            else:
+                h = h.mul_(1_000_003).add_(part if part.device == h.device else part.to(h.device, non_blocking=True))
+        return h.add_(salt)
 
     def content(self, t: Tensor, chunk: int = 4096) -> Tensor:
         """A 64-bit hash of a whole tensor (its values, in order), as a 0-d tensor on its device."""
@@ -91,6 +96,7 @@ class _MemoryStore:
         self.layout: _Layout | None = None
         self.buffers: list[Tensor] = []
         self.hashes: Tensor | None = None
+        self._last: dict[torch.device, tuple[list[int], Tensor]] = {}
 
     def add(self, ids: list[int], hashes: Tensor, rows: list[Tensor]) -> None:
         if self.layout is None:
@@ -108,12 +114,20 @@ class _MemoryStore:
         self.hashes[start:start + n] = hashes
         self.index.update((i, start + k) for k, i in enumerate(ids))
 
+    def _slot_index(self, slots: list[int], device: torch.device) -> Tensor:
+        """The index tensor of ``slots`` on ``device``, remembered: a call reads the rows and the hashes of the
+        same slots, and a loop without shuffling repeats its batches."""
+        last = self._last.get(device)
+        if last is None or last[0] != slots:
+            last = self._last[device] = (list(slots), _index(slots, device))
+        return last[1]
+
     def read(self, slots: list[int], device: torch.device) -> list[Tensor]:
-        index = _index(slots, self.buffers[0].device)
+        index = self._slot_index(slots, self.buffers[0].device)
         return [b.index_select(0, index) for b in self.buffers]
 
     def stored_hashes(self, slots: list[int], device: torch.device) -> Tensor:
-        return self.hashes.index_select(0, _index(slots, self.hashes.device))
+        return self.hashes.index_select(0, self._slot_index(slots, self.hashes.device))
 
     def nbytes(self) -> int:
         return len(self.index) * sum(self.layout.row_bytes) if self.layout else 0

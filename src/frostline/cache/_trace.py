@@ -39,6 +39,8 @@ class _Out:
         the suffix never reads them, which the first cached forward checks)."""
         if rows is None and batch in self._zeros:
             return self._zeros[batch]
+        if rows is not None and len(self.leaves) == 1 and self.spec.is_leaf():  # one tensor: nothing to build
+            return rows[0]
         it = iter(rows or [])
         values = [leaf[1] if leaf[0] == "value" else next(it) if rows is not None else
                   torch.zeros((batch, *leaf[1]) if leaf[0] == "rows" else leaf[1], dtype=leaf[2], device=leaf[3])
@@ -115,6 +117,8 @@ class _Plan:
 
     def __post_init__(self) -> None:
         self.tables = [(o._parameters if p else o._buffers, local) for _, o, local, p in self.tensors]
+        self.dicts, self.locals = [d for d, _ in self.tables], [local for _, local in self.tables]
+        self.module_list = [m for _, m in self.modules]
 
 
 def _lookup(owner: nn.Module, local: str, is_param: bool) -> Tensor | None:

@@ -26,12 +26,12 @@ class AutoFreeze(Schedule):
     copy of the gradients. The paper takes the norm of the gradient summed over the interval; this sums the
     per-step norms. A group with no gradient in an interval never counts as converged.
 
-    With the frozen-prefix feature cache (the paper's caching), rebuild the cache where the prefix now ends
-    whenever ``step`` returns a change; until a prefix is frozen, run the model itself::
+    With the frozen-prefix feature cache (the paper's caching), give the cache the schedule: it runs the model
+    until a prefix is frozen, then follows it (stored rows advance through newly frozen blocks, once)::
 
-        if schedule.step(model, optimizer, step=s) is not None and schedule.frozen_upto():
-            cache = frostline.FeatureCache(model, upto=schedule.frozen_upto())
-        out = cache(sample_ids, batch) if cache is not None else model(batch)
+        cache = frostline.FeatureCache(model, upto=schedule)
+        schedule.step(model, optimizer, step=s)
+        out = cache(sample_ids, batch)
 
     Args:
         every_n_steps (int): optimizer steps between decisions (the paper: a tenth of training).

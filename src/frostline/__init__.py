@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 # Imported on first use, so that ``import frostline`` imports no framework (lightning, transformers) and
 # ``frostline.integrations.lightning.FreezeCallback`` still works after a bare ``import frostline``.
-_LAZY = ("integrations", "models", "schedules")
+_LAZY = ("datasets", "integrations", "models", "schedules")
 
 
 def __getattr__(name: str):

@@ -160,9 +160,12 @@ def test_python_block_runs(line: int, marker: str | None, code: str, tmp_path: P
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
                "LOCAL_RANK": "0", "HF_HUB_OFFLINE": "1"}
         script = tmp_path / "block.py"
-        script.write_text(PROCESS_PRELUDE + "\n" + code)
+        script.write_text(PROCESS_PRELUDE + "\n" + code + "\nprint('README BLOCK DONE', flush=True)\n")
         done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=180)
-        assert done.returncode == 0, f"README.md:{line}\n{done.stderr[-3000:]}"
+        # gloo's known abort at interpreter exit (README: Teardown) comes after the block ran to its end: the
+        # marker, printed after the block's last line, is what counts (as in tests/test_distributed.py)
+        ended = done.returncode == 0 or "terminate called without an active exception" in done.stderr
+        assert ended and "README BLOCK DONE" in done.stdout, f"README.md:{line}\n{done.stderr[-3000:]}"
         return
     namespace: dict = {"__name__": f"readme_line{line}"}
     source = PRELUDES.get(marker, "") + "\n" + code + "\n" + CHECKS.get(marker, "")

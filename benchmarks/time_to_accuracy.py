@@ -199,7 +199,7 @@ def run(method: Method, seed: int, setting: Setting, pristine, train, test, num_
             for batch in order.split(setting.batch_size):
                 start, start_cpu = time.perf_counter(), time.process_time()
                 if schedule is not None and (schedule.unit == "step" or step % per_epoch == 0):
-                    change = schedule.step(model, optimizer, epoch=epoch, step=step)
+                    schedule.step(model, optimizer, epoch=epoch, step=step)
                     if method.follow and cache is None:  # one cache, following the schedule's frozen prefix
                         cache, caches_built = frostline.FeatureCache(model, upto=schedule), 1
                 x, m, y = ids[batch], mask[batch], labels[batch]

@@ -29,8 +29,8 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
@@ -149,7 +149,7 @@ def check_cost(pristine: nn.Module, data: tuple, batch: int, blocks: int, run: i
            "content_check_turns": len(watch.turns)}
     for stat in ("median", "mean"):  # the rolling pass runs every 32nd call: the mean counts it, the median not
         f = getattr(statistics, stat)
-        with_, without = (f([t for c, t in zip(kinds, times) if c == kind for t in t]) for kind in ("with", "without"))
+        with_, without = (f([t for c, t in zip(kinds, times, strict=False) if c == kind for t in t]) for kind in ("with", "without"))
         out[stat] = {"with_ms": 1e3 * with_, "without_ms": 1e3 * without, "ratio": with_ / without,
                      "with_built_first_over_last": f(times[0]) / f(times[3]),
                      "without_built_first_over_last": f(times[1]) / f(times[2]),
@@ -193,7 +193,7 @@ def overhead(pristine: nn.Module, data: tuple, batch: int, runs: int, run: int =
         frostline.freeze(model, "encoder" if case == "token" else "pool").train()
         model.get_submodule(upto).eval()
         cache = frostline.FeatureCache(model, upto=upto)
-        cache.fill(((torch.arange(b, b + batch), ids[b:b + batch], mask[b:b + batch]) for b in starts))
+        cache.fill((torch.arange(b, b + batch), ids[b:b + batch], mask[b:b + batch]) for b in starts)
         with torch.no_grad():
             bank = model.get_submodule(upto)(input_ids=ids, attention_mask=mask)
             bank = (bank.last_hidden_state if case == "token" else bank).clone()

@@ -38,14 +38,20 @@ import torch.distributed as dist  # noqa: E402
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 
 import frostline  # noqa: E402
-from frostline._table import human_bytes, render  # noqa: E402
-from frostline.models import load_model  # noqa: E402
-from frostline.summary import optimizer_state_bytes  # noqa: E402
 
 # benchmarks/distributed.py, beside this file
 from distributed import (  # noqa: E402
-    NEW_TOKENS, RESULTS, Classifier, arguments, batch_ids, interleave, timed_step,
+    NEW_TOKENS,
+    RESULTS,
+    Classifier,
+    arguments,
+    batch_ids,
+    interleave,
+    timed_step,
 )
+from frostline._table import human_bytes, render  # noqa: E402
+from frostline.models import load_model  # noqa: E402
+from frostline.summary import optimizer_state_bytes  # noqa: E402
 
 WORD_ROWS = "encoder.embeddings.word_embeddings.weight"
 SENT = {"gather": 0, "scatter": 0}

@@ -159,7 +159,7 @@ def step_times(case: str, quick: bool, rounds: int, steps: int) -> dict[str, obj
                 cpu[method].append(time.process_time() - c)
 
     def ratio(series: dict[str, list[float]], a: str) -> float:
-        return statistics.median(x / y for x, y in zip(series[a], series["plain"]))
+        return statistics.median(x / y for x, y in zip(series[a], series["plain"], strict=False))
 
     return {"ratio": ratio(wall, "lean"), "cpu_ratio": ratio(cpu, "lean"), "control_ratio": ratio(wall, "control"),
             "best_ratio": min(wall["lean"]) / min(wall["plain"]),  # the least disturbed step of each
@@ -177,7 +177,7 @@ def check_exact(case: str, quick: bool) -> float:
         loss_fn(model, make_batch()).backward()
         grads[method] = [p.grad for p in model.parameters() if p.grad is not None]
     return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
-               for a, b in zip(grads["lean"], grads["plain"]))
+               for a, b in zip(grads["lean"], grads["plain"], strict=False))
 
 
 def main() -> None:

@@ -290,7 +290,7 @@ def memory_case(args) -> dict:
         results[name] = run(name, train, held_out)
     lora = results.get("lora", {}).get("max_total")
     table = []
-    for name, r in results.items():
+    for r in results.values():
         p = r["peak"]
         table.append([r["label"], human_bytes(r["max_total"]), f"{r['max_total'] / lora:.2f}" if lora else "-",
                       human_bytes(p["grads"]), human_bytes(p["state"]), human_bytes(p["saved"]),

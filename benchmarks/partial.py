@@ -21,8 +21,8 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +72,7 @@ def a_store_restore(m):
 
     def after():
         with torch.no_grad():
-            for c, s in zip(cs, saved):
+            for c, s in zip(cs, saved, strict=False):
                 _half(c).copy_(s)
     return AdamW(m.parameters()), after, lambda: [_half(c) for c in cs]
 
@@ -194,7 +194,7 @@ def measure(make, batch, methods: dict[str, tuple[str, Setup]], rounds: int, ste
                     times.append(clock() - start)
             took[name] = statistics.median(times)
             if before is not None:
-                exact[name] = all(torch.equal(a, b.detach()) for a, b in zip(before, frozen()))
+                exact[name] = all(torch.equal(a, b.detach()) for a, b in zip(before, frozen(), strict=False))
             state[name] = optimizer_state_bytes(opt)
         seconds.append(took[names[0]])
         for name in names:

@@ -40,9 +40,9 @@ import platform
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
@@ -51,9 +51,8 @@ import torch.nn.functional as F  # noqa: E402
 import frostline  # noqa: E402
 from frostline import datasets  # noqa: E402
 from frostline._table import human_bytes, render  # noqa: E402
+from frostline.demo import FROZEN_PREFIX, TextClassifier, _pretrained, accuracy, classifier_optimizer, encode  # noqa: E402
 from frostline.errors import CacheError  # noqa: E402
-from frostline.demo import (FROZEN_PREFIX, TextClassifier, _pretrained, accuracy, classifier_optimizer,  # noqa: E402
-                            encode)
 from frostline.schedules import AutoFreeze, GradualUnfreeze, ProgressiveFreeze, Schedule, UnfreezeAt  # noqa: E402
 from frostline.summary import optimizer_state_bytes  # noqa: E402
 
@@ -243,7 +242,7 @@ def summarize(runs: list[dict]) -> dict:
     rows = []
     for name in dict.fromkeys(r["method"] for r in runs):
         mine = [r for r in runs if r["method"] == name]
-        points = list(zip(*(r["curve"] for r in mine)))  # evaluation k of every seed (same steps for each)
+        points = list(zip(*(r["curve"] for r in mine), strict=False))  # evaluation k of every seed (same steps for each)
         curve = [{"step": p[0]["step"], "seconds": statistics.mean(q["seconds"] for q in p),
                   "cpu_seconds": statistics.mean(q["cpu_seconds"] for q in p),
                   "accuracy": statistics.mean(q["accuracy"] for q in p)} for p in points]
@@ -303,7 +302,7 @@ def plot(results: dict, path: Path) -> None:
 
     names = list(results["datasets"])
     fig, axes = plt.subplots(1, len(names), figsize=(7 * len(names), 5), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=False):
         summary = results["datasets"][name]["summary"]
         for i, row in enumerate(summary["rows"]):
             ax.plot([c["seconds"] for c in row["curve"]], [c["accuracy"] for c in row["curve"]],

@@ -107,7 +107,7 @@ def test_fill_with_ids_dataloader_then_only_suffix_runs():
     assert cache.fill((ids, x) for ids, x, y in loader) == 10
     assert cache.fill([(ids, x) for ids, x, y in loader]) == 0  # nothing new
     assert len(ran) == 3 and len(cache) == 10
-    for ids, x, y in loader:
+    for ids, x, _y in loader:
         assert torch.allclose(cache(ids, x), model(x), atol=1e-6)
     assert len(ran) == 3 + 3 + 1  # the uncached reference calls above, plus one checked cached forward
     with pytest.raises(CacheError, match="sample_ids, \\*model_args"):
@@ -331,9 +331,9 @@ def test_silent_07_an_ema_teacher_updated_through_data_serves_fresh_rows_every_s
         opt.zero_grad()
         loss.backward()
         opt.step()
-        for t, s in zip(teacher.parameters(), student.parameters()):
+        for t, s in zip(teacher.parameters(), student.parameters(), strict=False):
             t.data.mul_(0.5).add_(s.data, alpha=0.5)  # the usual EMA update, through .data
-    assert all(not torch.equal(p, s) for p, s in zip(prefix, start))  # the teacher's frozen prefix did move
+    assert all(not torch.equal(p, s) for p, s in zip(prefix, start, strict=False))  # the teacher's frozen prefix did move
     assert cache.invalidations == 2
 
 
@@ -506,7 +506,7 @@ def test_silent_10_two_processes_filling_one_path_leave_whole_rows(tmp_path):
                                str(n)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for order in ("up", "down")]
     results = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, results):
+    for p, (_out, err) in zip(procs, results, strict=False):
         assert p.returncode == 0, err[-2000:]
     torch.manual_seed(0)
     model = frostline.freeze(seed_cnn(), ["0", "2"]).eval()
@@ -661,11 +661,11 @@ def test_issue16_cache_follows_the_schedule_same_losses_rows_advanced_not_recomp
     sched_c, sched_p = _Deeper(at=[3, 6, 9]), _Deeper(at=[3, 6, 9])
     model_c, cached, at, cache = _follow_run(True, sched_c, 15, batches)
     model_p, plain, _, _ = _follow_run(False, sched_p, 15, batches)
-    assert all(torch.equal(a, b) for a, b in zip(cached, plain))  # bit-identical losses
+    assert all(torch.equal(a, b) for a, b in zip(cached, plain, strict=False))  # bit-identical losses
     assert cache.upto == "blocks.1" and len(cache) == 12 and cache.advanced == 6
     for name in ("embed", "blocks.0", "blocks.1"):  # frozen stays as it started, in both runs
         assert all(torch.equal(a, b) for a, b in zip(model_c.get_submodule(name).parameters(),
-                                                     model_p.get_submodule(name).parameters()))
+                                                     model_p.get_submodule(name).parameters(), strict=False))
     snap = model_c.snap  # taken at step 9, when blocks.1 froze: frozen stays bit-identical, what trains moved
     assert torch.equal(model_c.embed.weight, snap["embed.weight"])
     assert torch.equal(model_c.blocks[1].lin.weight, snap["blocks.1.lin.weight"])
@@ -686,7 +686,7 @@ def test_issue16_cache_drops_deeper_rows_when_the_prefix_shrinks_and_runs_the_mo
     sched_c, sched_p = _Deeper(at=[2, 4], back_at=6, back=1), _Deeper(at=[2, 4], back_at=6, back=1)
     _, cached, at, cache = _follow_run(True, sched_c, 10, batches)
     _, plain, _, _ = _follow_run(False, sched_p, 10, batches)
-    assert all(torch.equal(a, b) for a, b in zip(cached, plain))
+    assert all(torch.equal(a, b) for a, b in zip(cached, plain, strict=False))
     assert cache.upto == "embed" and len(cache) == 8
     # from step 6 blocks.0 trains again and runs every step (twice at the new depth's check); the embedding's
     # rows went when blocks.0's depth held every sample, so they are computed again from the input, once
@@ -749,7 +749,7 @@ def test_issue16_bert_rows_advance_layer_by_layer_with_the_padding_mask(minilm):
             losses.append(loss.detach())
         runs.append((losses, len(ran), cache, model, snap))
     (cached_losses, cached_ran, cache, model, snap), (plain_losses, plain_ran, _, plain, _) = runs
-    assert all(torch.equal(a, b) for a, b in zip(cached_losses, plain_losses))
+    assert all(torch.equal(a, b) for a, b in zip(cached_losses, plain_losses, strict=False))
     assert cache.upto == "encoder.encoder.layer.2" and cache.advanced == 6  # 3 deeper prefixes x 2 batches
     assert cached_ran == 4 and plain_ran == 10  # the embeddings ran before and when they froze, never again
     assert torch.equal(model.head.weight, plain.head.weight)

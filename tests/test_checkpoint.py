@@ -13,7 +13,6 @@ import frostline
 from frostline import FrostlineError, load_trainable_state_dict, trainable_state_dict
 from frostline.partial import get_partial
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

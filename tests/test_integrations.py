@@ -47,6 +47,6 @@ def test_first_hour_transformers_callback_and_helpers_reachable(fresh_frostline)
 
 def test_first_hour_unknown_integration_names_the_known_ones(fresh_frostline):
     with pytest.raises(AttributeError, match="lightning, transformers"):
-        fresh_frostline.integrations.keras
+        _ = fresh_frostline.integrations.keras
     with pytest.raises(AttributeError, match="has no attribute 'nonsense'"):
-        fresh_frostline.nonsense
+        _ = fresh_frostline.nonsense

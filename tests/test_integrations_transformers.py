@@ -12,13 +12,26 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 from transformers import (  # noqa: E402
-    BertConfig, BertForSequenceClassification, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-    LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments,
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
 )
 
 import frostline  # noqa: E402
 from frostline.integrations.transformers import (  # noqa: E402
-    FreezeCallback, embedding_names, fix_checkpointing, freeze_embeddings, freeze_first_layers, layer_names,
+    FreezeCallback,
+    embedding_names,
+    fix_checkpointing,
+    freeze_embeddings,
+    freeze_first_layers,
+    layer_names,
 )
 from frostline.schedules import GradualUnfreeze  # noqa: E402
 
@@ -28,7 +41,7 @@ def dataset(minilm_dir, sentiment):
     tokens = transformers.AutoTokenizer.from_pretrained(str(minilm_dir))(
         [t for t, _ in sentiment], padding="max_length", max_length=12, truncation=True)
     return [{"input_ids": torch.tensor(i), "attention_mask": torch.tensor(m), "labels": torch.tensor(y)}
-            for i, m, (_, y) in zip(tokens["input_ids"], tokens["attention_mask"], sentiment)]
+            for i, m, (_, y) in zip(tokens["input_ids"], tokens["attention_mask"], sentiment, strict=False)]
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +176,7 @@ def test_gradient_checkpointing_with_frozen_embeddings_still_trains():
     other = checkpointed(tiny_bert(), reentrant=True)
     freeze_embeddings(other)  # the helper applies the fix itself
     assert all(encoder_grads(other))
-    assert all(torch.equal(a, b) for a, b in zip(tiny_bert().embeddings.parameters(), other.embeddings.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(tiny_bert().embeddings.parameters(), other.embeddings.parameters(), strict=False))
 
 
 def test_non_reentrant_checkpointing_needs_no_fix():

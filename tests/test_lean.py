@@ -4,10 +4,10 @@ import copy
 import pickle
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -190,7 +190,7 @@ def test_relu_gate_matches_pytorch_on_nan_and_zero_gradients():
     x = torch.tensor([-1.0, 0.0, -0.0, 2.0, float("nan"), 3.0, -4.0, 5.0, 6.0], requires_grad=True)
     g = torch.tensor([1.0, 2.0, 3.0, float("nan"), 5.0, float("inf"), float("nan"), -0.0, 7.0])
     for layer in (nn.ReLU(), nn.ReLU6(), nn.LeakyReLU(0.3)):
-        plain, lean = _pair(lambda: layer)
+        plain, lean = _pair(lambda layer=layer: layer)
         want = torch.autograd.grad(plain[0](x * 1.0), x, g)[0]
         got = torch.autograd.grad(lean[0](x * 1.0), x, g)[0]
         assert torch.equal(got.isnan(), want.isnan())
@@ -213,7 +213,7 @@ def test_models_first_layer_gradients_exact_and_memory(model_fn, first):
         m.train()
         torch.manual_seed(2)  # the same dropout masks in both
         F.cross_entropy(m(x), y).backward()
-    for (name, p), q in zip(plain.named_parameters(), lean.parameters()):
+    for (name, p), q in zip(plain.named_parameters(), lean.parameters(), strict=False):
         assert (p.grad is None) == (q.grad is None), name
         if p.grad is not None:
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6)
@@ -257,7 +257,7 @@ def test_minilm_trainable_embeddings_frozen_layers(minilm):
         m.train()
         torch.manual_seed(2)  # the same dropout masks in both
         m(ids).last_hidden_state.square().mean().backward()
-    for (name, p), q in zip(plain.named_parameters(), lean.parameters()):
+    for (name, p), q in zip(plain.named_parameters(), lean.parameters(), strict=False):
         if p.grad is not None:
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
     assert sum(saved_bytes(lean, ids).values()) <= sum(saved_bytes(plain, ids).values())
@@ -467,7 +467,7 @@ def test_recompute_frozen_blocks_keep_only_their_inputs_and_gradients_are_exact(
             optimizer.zero_grad()
             m(x + step).square().mean().backward()
             optimizer.step()
-    for (name, a), b in zip(plain_model.named_parameters(), model.parameters()):
+    for (name, a), b in zip(plain_model.named_parameters(), model.parameters(), strict=False):
         assert torch.equal(a, b), name
     start = _blocks_model()
     assert not torch.equal(start[0].weight, model[0].weight) and torch.equal(start[2].up.weight, model[2].up.weight)
@@ -532,5 +532,5 @@ def test_recompute_leaves_calls_with_state_objects_plain():
         grads[use_cache] = [p.grad.clone() for p in llama.parameters() if p.requires_grad]
         if use_cache:
             assert out.past_key_values.get_seq_length() == 9  # not 18: the layers ran once
-    assert all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
+    assert all(torch.equal(a, b) for a, b in zip(grads[False], grads[True], strict=False))
     assert any(g.abs().sum() > 0 for g in grads[False])

@@ -141,7 +141,7 @@ def _run(opt_name, flag, strategy, plan, **train_kwargs):
     assert any(moved), "no trainable element of a partially frozen tensor moved"
     tol = {"rtol": 2e-2, "atol": 2e-2} if train_kwargs.get("autocast") else {"rtol": 1e-4, "atol": 1e-5}
     for name in expected:
-        torch.testing.assert_close(after[name], expected[name], **tol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(after[name], expected[name], **tol, msg=lambda m, name=name: f"{name}: {m}")
     twin = Net()  # checkpoints: the original keys, effective values, into a plain model (strict)
     twin.load_state_dict(model.state_dict())
     ids = _batches(1, seed=9)[0][0]

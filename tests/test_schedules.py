@@ -102,7 +102,7 @@ def test_lr_divisor_gives_discriminative_rates():
     schedule = GradualUnfreeze(lr_divisor=2.6)
     for epoch in range(3):
         schedule.step(model, optimizer, epoch=epoch)
-    lr_of = {n: g["lr"] for g, names in zip(optimizer.param_groups, group_names(model, optimizer)) for n in names}
+    lr_of = {n: g["lr"] for g, names in zip(optimizer.param_groups, group_names(model, optimizer), strict=False) for n in names}
     assert lr_of["3.weight"] == pytest.approx(0.26)
     assert lr_of["2.weight"] == pytest.approx(0.1)
     assert lr_of["1.bias"] == pytest.approx(0.1 / 2.6)
@@ -118,7 +118,7 @@ def test_named_groups_of_frostline_optimizer_stay_consistent():
         schedule.step(model, optimizer, epoch=epoch)
         train_step(model, optimizer, epoch)
         assert all(g["param_names"] == names for g, names in zip(optimizer.param_groups,
-                                                                  group_names(model, optimizer)))
+                                                                  group_names(model, optimizer), strict=False))
     lr_of = {n: g["lr"] for g in optimizer.param_groups for n in g["param_names"]}
     assert [lr_of[f"{i}.weight"] for i in range(4)] == pytest.approx([0.1 / 2.6 ** (3 - i) for i in range(4)])
     assert {g["name"] for g in optimizer.param_groups} >= {"decay", "no_decay", "decay/2", "no_decay/0"}
@@ -195,7 +195,7 @@ def test_unfreeze_at_backbone_semantics():
         schedule.step(model, optimizer, epoch=epoch)
         assert frozen_groups(model) == ([True, True, False] if epoch < 2 else [False] * 3)
         groups = group_names(model, optimizer)
-        lrs.append([g["lr"] for g, names in zip(optimizer.param_groups, groups) if "0.weight" in names])
+        lrs.append([g["lr"] for g, names in zip(optimizer.param_groups, groups, strict=False) if "0.weight" in names])
     assert lrs[:2] == [[], []]
     assert lrs[2:] == [[pytest.approx(0.01)], [pytest.approx(0.1 * 0.1 ** 0.5)], [pytest.approx(0.1)]]
     assert optimizer.param_groups[0]["lr"] == 0.1  # the head's group keeps the full rate
@@ -222,7 +222,7 @@ def test_silent_05_unfreeze_at_unfreezes_what_the_user_froze_before_it(caplog):
     assert "UnfreezeAt epoch 0: no change (0); trains from epoch 1" in caplog.text
     assert "UnfreezeAt takes over 2 tensors frozen before it (its spec names them)" in caplog.text
     assert "UnfreezeAt epoch 1: unfroze 2 tensors (0); lr x0.1" in caplog.text
-    lr_of = {n: g["lr"] for g, names in zip(optimizer.param_groups, group_names(model, optimizer)) for n in names}
+    lr_of = {n: g["lr"] for g, names in zip(optimizer.param_groups, group_names(model, optimizer), strict=False) for n in names}
     assert lr_of["0.weight"] == pytest.approx(0.01) and lr_of["2.weight"] == pytest.approx(0.1)
 
 
@@ -260,7 +260,7 @@ def test_silent_05_a_schedule_owning_what_the_user_froze_resumes_exactly(stop, r
     assert frozen_groups(resumed) == frozen_groups(first) == [stop < 2, False, False, False]
     resumed_optimizer.load_state_dict(checkpoint["optimizer"])
     _run(None, "epoch", stop, 5, resumed, resumed_optimizer, resumed_schedule)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed.state_dict().values(), strict=False))
     assert [c.to_dict() for c in resumed_schedule.history] == [c.to_dict() for c in schedule.history]
 
 
@@ -281,7 +281,7 @@ def test_progressive_freeze_prefix_cosine_and_backward():
         assert frozen == sorted(frozen, reverse=True)  # always a prefix
         assert frozen == [step >= 60, step >= 80, step >= 100, False]
         if step == 30:
-            lr_of = {names[0]: g["lr"] for g, names in zip(optimizer.param_groups, group_names(model, optimizer))}
+            lr_of = {names[0]: g["lr"] for g, names in zip(optimizer.param_groups, group_names(model, optimizer), strict=False)}
             assert lr_of["0.weight"] == pytest.approx(0.5 * (1 + math.cos(math.pi * 30 / 60)))
             assert lr_of["3.weight"] == pytest.approx(0.5 * (1 + math.cos(math.pi * 30 / 120)))
         train_step(model, optimizer, step)
@@ -298,7 +298,7 @@ def test_progressive_freeze_needs_total_steps():
 # -- AutoFreeze -------------------------------------------------------------------------------------------------
 def _step_with_norms(model: nn.Sequential, optimizer, norms: list[float]) -> None:
     """One optimizer step whose gradient L1 norm is ``norms[i]`` for layer i (lr 0: weights do not matter)."""
-    for layer, norm in zip(model, norms + [1.0]):
+    for layer, norm in zip(model, norms + [1.0], strict=False):
         if layer.weight.requires_grad:
             layer.weight.grad = torch.full_like(layer.weight, norm / layer.weight.numel())
             layer.bias.grad = torch.zeros_like(layer.bias)
@@ -402,7 +402,7 @@ def test_resume_continues_exactly(kind):
     resumed_optimizer.load_state_dict(checkpoint["optimizer"])
     _run(make, unit, 3, 6, resumed, resumed_optimizer, resumed_schedule)
 
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed.state_dict().values(), strict=False))
     assert group_names(resumed, resumed_optimizer) == group_names(model, optimizer)
     assert [g["lr"] for g in resumed_optimizer.param_groups] == [g["lr"] for g in optimizer.param_groups]
     assert [c.to_dict() for c in resumed_schedule.history] == [c.to_dict() for c in schedule.history]

@@ -63,7 +63,7 @@ def test_token_rows_reads_tensors_lists_mappings_and_loaders():
     assert frostline.token_rows(labelled).tolist() == [4, 6]  # -100 skipped; keys other than ids not read
     loader = torch.utils.data.DataLoader([{"input_ids": torch.tensor([i, i + 10])} for i in range(5)], batch_size=2)
     assert frostline.token_rows(loader).tolist() == [0, 1, 2, 3, 4, 10, 11, 12, 13, 14]
-    assert frostline.token_rows((torch.tensor([i]) for i in (3, 1))).tolist() == [1, 3]  # a generator
+    assert frostline.token_rows(torch.tensor([i]) for i in (3, 1)).tolist() == [1, 3]  # a generator
     assert frostline.token_rows(range(3)).tolist() == [0, 1, 2]
 
 
@@ -174,9 +174,9 @@ def test_tied_embedding_is_one_tensor_with_one_strategy_and_trains_exactly():
 
 # -- with LISA: the benchmark's frostline row, small -------------------------------------------------------------
 def test_lisa_with_vocabulary_rows_keeps_frozen_rows_exact_and_state_for_rows_and_active_blocks():
-    from frostline.schedules import LayerwiseSampling
-
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from frostline.schedules import LayerwiseSampling
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=32,

@@ -8,20 +8,20 @@ True
 18
 """
 
-from .errors import FreezeError, FrostlineError, FrozenParameterChanged, SelectionError
+from . import distributed as distributed  # frostline.distributed.ddp / audit_ranks / trainable_state_dict
+from . import lean as lean  # frostline.lean.keeps / saved_bytes
 from .audit import Finding, audit
 from .cache import FeatureCache, with_ids
 from .checkpoint import load_trainable_state_dict, trainable_state_dict
+from .errors import FreezeError, FrostlineError, FrozenParameterChanged, SelectionError
 from .explain import Explanation, explain
 from .freeze import freeze, frozen_names, is_frozen, unfreeze
 from .groups import freeze_to, layer_groups
-from . import lean  # noqa: E402  (frostline.lean.keeps / saved_bytes)
-from . import distributed  # noqa: E402  (frostline.distributed.ddp / audit_ranks / trainable_state_dict)
 from .guard import Snapshot, guard, snapshot
 from .optim import optimizer, param_groups, sync
-from .select import select
-from .summary import Summary, summary
+from .selection import select
 from .spectrum import spectrum
+from .summary import Summary, summary
 from .tokens import token_rows, train_token_rows
 
 __version__ = "0.1.0"

@@ -11,7 +11,8 @@ pickling carry it along.
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol, runtime_checkable
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 

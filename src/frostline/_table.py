@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import textwrap
-from typing import Sequence
+from collections.abc import Sequence
 
 WIDTH = 120  # the terminal frostline's reports fit by default; ``width=None`` keeps one line per row
 
@@ -62,14 +62,14 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[object]], *, title: s
 
     def lines(row: Sequence[str], header: bool = False) -> list[str]:
         parts = [_wrap(c, w, first=i == 0 and not header) if len(c) > w else [c]
-                 for i, (c, w) in enumerate(zip(row, widths))]
+                 for i, (c, w) in enumerate(zip(row, widths, strict=False))]
         if header:  # a wrapped header reads top-down, aligned at the rule
             parts = [[""] * (max(map(len, parts)) - len(p)) + p for p in parts]
         out = []
         for k in range(max(map(len, parts))):
             line = [p[k] if k < len(p) else "" for p in parts]
             out.append("  ".join(c.rjust(w) if num else c.ljust(w)
-                                 for c, w, num in zip(line, widths, numeric)).rstrip())
+                                 for c, w, num in zip(line, widths, numeric, strict=False)).rstrip())
         return out
 
     rule = "  ".join("-" * w for w in widths)

@@ -17,8 +17,9 @@ is wrong, for which parameters, and how to fix it. ``str()`` of the result is a 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn

@@ -28,7 +28,8 @@ IncompatibleKeys(missing=[], unexpected=[])
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn

@@ -8,7 +8,8 @@ import ast
 import contextlib
 import os
 import sys
-from typing import Any, Callable, Iterator, NoReturn
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 from ._table import WIDTH
 from .errors import FrostlineError

@@ -29,10 +29,10 @@ import functools
 import gzip
 import random
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor

@@ -30,10 +30,11 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -191,7 +192,7 @@ class DemoRow:
     moved: bool = False  # every trainable tensor changed during training
     curve: list[tuple[float, float]] = field(default_factory=list)  # (train seconds so far, held-out accuracy)
 
-    def step_ratio(self, reference: "DemoRow") -> float:
+    def step_ratio(self, reference: DemoRow) -> float:
         return self.step_seconds / reference.step_seconds
 
 
@@ -240,7 +241,7 @@ class DemoReport:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for i, r in enumerate(self.rows):
-            ax.plot(*zip(*r.curve), marker="o", color=f"C{i}", label=r.variant)
+            ax.plot(*zip(*r.curve, strict=False), marker="o", color=f"C{i}", label=r.variant)
         ax.set_xlabel("train time, s (held-out evaluation not counted)")
         ax.set_ylabel("held-out accuracy")
         ax.set_title(self.setting, fontsize=7, wrap=True)
@@ -366,7 +367,7 @@ def _run(quick: bool, epochs: int, model_path: str | Path | None, seed: int, pro
                 r.curve.append((sum(map(sum, r.epochs)),
                                 accuracy(r.model, test_ids, test_mask, test_labels, r.test_forward)))
     rows = []
-    for r, before in zip(runs, starts):
+    for r, before in zip(runs, starts, strict=False):
         moved = all(not torch.equal(p, before[n]) for n, p in r.model.named_parameters() if n in before)
         timed = [t for times in (r.epochs[1:] or r.epochs) for t in times]  # after the first epoch, if any
         counts = summary(r.model)

@@ -28,8 +28,9 @@ import functools
 import itertools
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -84,7 +85,7 @@ class ModuleCost:
         return self.forward_flops + self.dgrad_flops + self.wgrad_flops
 
     def _add(self, other: ModuleCost) -> None:
-        for f, value in zip(fields(self)[1:], _figures(other)):
+        for f, value in zip(fields(self)[1:], _figures(other), strict=False):
             setattr(self, f.name, getattr(self, f.name) + value)
 
 
@@ -139,7 +140,7 @@ class Explanation:
             keys = {what: f"[{i}]" for i, what in enumerate(dict.fromkeys(self.kept.values()), 1)}
             headers.append("lean: kept for backward" if width is None else "lean")
             body = [line + [self.kept.get(r.name, "") if width is None else keys.get(self.kept.get(r.name), "")]
-                    for line, r in zip(body, self.rows)]
+                    for line, r in zip(body, self.rows, strict=False)]
             footer = [line + [""] for line in footer]
             if width is not None:
                 legend = ["lean: kept for backward", *(paragraph(f"{key} {what}", width, "    ")
@@ -251,7 +252,7 @@ def _plot(e: Explanation, path: str | os.PathLike | None) -> Any:
     memory_ax.set_title("memory: kept for backward, optimizer state", loc="left")
     flops_ax.set_yticks(range(n), [r.name for r in e.rows], fontsize=8)
     flops_ax.set_ylim(n - 0.5, -0.5)  # first module at the top
-    for tick, r in zip(flops_ax.get_yticklabels(), e.rows):
+    for tick, r in zip(flops_ax.get_yticklabels(), e.rows, strict=False):
         tick.set_color(_LABEL.get(e.status.get(r.name, ""), "#555555"))
     kinds = [Patch(color=c, label=label) for label, _, c in (*_KINDS, *_MEMORY)]
     looks = [Patch(facecolor="#777777", label="filled: as frozen"),

@@ -15,7 +15,8 @@ False
 from __future__ import annotations
 
 import functools
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from ._state import get_partial, named_logical_parameters
 from .distributed import check_change  # refuses changes a live DDP wrapper could not follow
 from .errors import FreezeError
-from .select import Spec, select
+from .selection import Spec, select
 
 __all__ = ["freeze", "unfreeze", "is_frozen", "frozen_names"]
 

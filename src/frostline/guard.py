@@ -39,8 +39,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -219,7 +220,7 @@ class Snapshot:
             differs = [_digest(now, self._key) != record.values for _, record, now in pending]
         elif pending:  # one host sync for all tensors, details only for the ones that changed
             differs = torch.stack([self._differs(record, now, weights) for _, record, now in pending]).tolist()
-        for (name, record, now), changed in zip(pending, differs):
+        for (name, record, now), changed in zip(pending, differs, strict=False):
             if changed:
                 found[name] = self._describe(name, record, now)
         return [found[name] for name in self._records if name in found]

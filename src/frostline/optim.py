@@ -21,18 +21,19 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from ._state import get_partial, named_logical_parameters
 from ._table import human_bytes
-from .partial._carry import carried_state, storing
 from .errors import FrostlineError
 from .groups import layer_groups
-from .select import Spec, select
+from .partial._carry import carried_state, storing
+from .selection import Spec, select
 
 __all__ = ["param_groups", "optimizer", "sync", "SyncReport"]
 

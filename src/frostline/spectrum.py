@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from ._state import named_logical_parameters
-from .select import Spec, select
+from .selection import Spec, select
 
 __all__ = ["spectrum", "snr", "kind", "singular_values"]
 

@@ -23,8 +23,8 @@ head (or of the tensors you name), so gradients and optimizer state exist for th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ._state import get_partial, named_logical_parameters
 from .errors import FreezeError, SelectionError
 from .freeze import Strategy, freeze, unfreeze
-from .select import Spec, select
+from .selection import Spec, select
 
 __all__ = ["token_rows", "train_token_rows"]
 
@@ -165,8 +165,8 @@ def _unmasked(ids: Any, mask: Any) -> Any:
         return ids[mask.to(ids.device) != 0] if ids.shape == mask.shape else ids
     if isinstance(ids, (list, tuple)) and isinstance(mask, (list, tuple)) and len(ids) == len(mask):
         if all(isinstance(i, int) for i in ids):
-            return [i for i, m in zip(ids, mask) if m]
-        return [_unmasked(i, m) for i, m in zip(ids, mask)]
+            return [i for i, m in zip(ids, mask, strict=False) if m]
+        return [_unmasked(i, m) for i, m in zip(ids, mask, strict=False)]
     return ids
 
 

@@ -9,11 +9,11 @@ import sys
 
 import torch
 import torch.distributed as dist
+from common import net, rank_batch, run, same_on_all_ranks
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import frostline
-from common import net, rank_batch, run, same_on_all_ranks
 from frostline.distributed import DistributedFreezeError, audit_ranks, ddp, trainable_state_dict
 from frostline.partial import get_partial
 

@@ -10,14 +10,14 @@ import sys
 
 import torch
 import torch.distributed as dist
+from common import rank_batch, run
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 
 import frostline
-from common import rank_batch, run
 from frostline._state import get_partial
-from frostline.partial._base import _FOLLOWING
 from frostline.distributed import DistributedFreezeError, audit_ranks, trainable_state_dict
+from frostline.partial._base import _FOLLOWING
 
 # One shard group holds a frozen weight beside its trainable bias, another a frozen LayerNorm beside a trainable
 # Linear: FSDP2 shards each parameter on its own, so the mix needs no wrapping policy.

@@ -10,14 +10,15 @@ import sys
 
 import torch
 import torch.distributed as dist
+from common import rank_batch, run, same_on_all_ranks
 from torch import nn
 from torch.distributed.fsdp import fully_shard
+from worker_ddp import bucketed
+from worker_fsdp import matches
+from worker_fsdp import train as train_with_reference
 
-from common import rank_batch, run, same_on_all_ranks
 from frostline.distributed import DistributedFreezeError, audit_ranks, ddp
 from frostline.schedules import LayerwiseSampling
-from worker_ddp import bucketed
-from worker_fsdp import matches, train as train_with_reference
 
 STEPS, EVERY = 8, 2
 

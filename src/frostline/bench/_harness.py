@@ -24,8 +24,8 @@ from __future__ import annotations
 import gc
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -105,21 +105,21 @@ def measure(methods: list[Method], *, rounds: int, steps: int, warmup: int,
     times: list[list[float]] = [[] for _ in methods]
     for round_index in range(rounds):
         first = round_index == 0
-        trials = [_setup(m, row) for m, row in zip(methods, rows)]
-        checks = [_Check(t, m.by == "frostline") if first and t else None for m, t in zip(methods, trials)]
+        trials = [_setup(m, row) for m, row in zip(methods, rows, strict=False)]
+        checks = [_Check(t, m.by == "frostline") if first and t else None for m, t in zip(methods, trials, strict=False)]
         for _ in range(warmup):
             for trial in trials:
                 if trial is not None:
                     trial.step()
         sweeps = [[_timed(t.step) if t is not None else None for t in trials] for _ in range(steps)]
         if first:
-            accounted = [_account(row, t) if t is not None else None for row, t in zip(rows, trials)]
+            accounted = [_account(row, t) if t is not None else None for row, t in zip(rows, trials, strict=False)]
             sweeps = sweeps or [accounted]
-            for row, trial, check in zip(rows, trials, checks):
+            for row, trial, check in zip(rows, trials, checks, strict=False):
                 if check is not None:
                     row.exact, row.note = check.passed(), trial.note()
         for sweep in sweeps:
-            for row, spent, seconds in zip(rows, times, sweep):
+            for row, spent, seconds in zip(rows, times, sweep, strict=False):
                 if seconds is not None and sweep[0] is not None:
                     spent.append(seconds)
                     row.ratios.append(seconds / sweep[0])
@@ -127,7 +127,7 @@ def measure(methods: list[Method], *, rounds: int, steps: int, warmup: int,
             tick()
         del trials, checks
         gc.collect()  # free this round's models before the next round builds its own
-    for row, spent in zip(rows, times):
+    for row, spent in zip(rows, times, strict=False):
         if spent:
             row.ratio = statistics.median(row.ratios)
             row.step_ms = 1e3 * statistics.median(spent)
@@ -174,7 +174,7 @@ def _timed(step: Callable[[], object]) -> float:
 
 def _still_equal(before: list[Tensor], trial: Trial) -> bool:
     after = trial.frozen() if trial.frozen else []
-    return len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after))
+    return len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after, strict=False))
 
 
 def _storage(t: Tensor) -> tuple[int, int] | None:

@@ -20,7 +20,7 @@ MEMORY = ("step memory: parameters and buffers + gradients + optimizer state + t
           "(unique storages) + what the method keeps beside the model, for one training step")
 
 
-def table(result: "CaseResult") -> str:
+def table(result: CaseResult) -> str:
     """One case as a text table, rows in the order they ran (the unfrozen baseline first)."""
     headers = ["method", "by", "step vs unfrozen", "exact", "optimizer state", "saved for backward", "step memory",
                "note"]
@@ -34,7 +34,7 @@ def table(result: "CaseResult") -> str:
     return render(headers, body, title=f"{result.title}\n({result.setup})")
 
 
-def write(results: list["CaseResult"], out: Path, *, quick: bool) -> tuple[Path, Path]:
+def write(results: list[CaseResult], out: Path, *, quick: bool) -> tuple[Path, Path]:
     """Write the results to ``<out>/<stem>.json`` and ``<out>/<stem>.png`` and return both paths.
 
     The stem is ``bench`` for every case, ``bench-<case>[-<case>...]`` for some, and ends in ``-quick`` for a
@@ -62,7 +62,7 @@ def write(results: list["CaseResult"], out: Path, *, quick: bool) -> tuple[Path,
     return json_path, png_path
 
 
-def plot(results: list["CaseResult"], path: Path) -> None:
+def plot(results: list[CaseResult], path: Path) -> None:
     """One panel per case: each method's step-time ratio as a bar from 1 (the unfrozen step) on a log scale, so
     faster methods point left and slower ones right; green when exact, red when frozen values moved."""
     import matplotlib
@@ -75,7 +75,7 @@ def plot(results: list["CaseResult"], path: Path) -> None:
     heights = [max(len(r.rows), 1) for r in results]
     fig, axes = plt.subplots(len(results), 1, figsize=(9, 1.4 + 0.36 * sum(heights)), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
-    for ax, result in zip(axes[:, 0], results):
+    for ax, result in zip(axes[:, 0], results, strict=False):
         rows = [r for r in result.rows if r.ratio is not None and r.by != "baseline"]
         ratios = [r.ratio for r in rows]
         colors = ["#2ca02c" if r.exact else "#d62728" for r in rows]
@@ -90,7 +90,7 @@ def plot(results: list["CaseResult"], path: Path) -> None:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.5, not 5x10^-1
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.axvline(1.0, color="black", linewidth=0.8)
-        for i, (ratio, row) in enumerate(zip(ratios, rows)):
+        for i, (ratio, row) in enumerate(zip(ratios, rows, strict=False)):
             moved = row.exact is False  # said in words too: a ratio near 1 leaves no bar to color
             ax.text(ratio, i, f" {ratio:.3g}{' (moved)' if moved else ''} ", va="center",
                     ha="left" if ratio >= 1 else "right", fontsize=7, color="#d62728" if moved else "black")

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..freeze import freeze
 from .._state import get_partial
+from ..freeze import freeze
 from ..models import seed_cnn
 from ..optim import optimizer as frostline_optimizer
 from ._harness import Method, Trial, train_step
@@ -83,7 +83,7 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
 
         def restore() -> None:
             with torch.no_grad():
-                for h, s in zip(halves, saved):
+                for h, s in zip(halves, saved, strict=False):
                     h.copy_(s)
 
         return trial(m, _adamw(m.parameters()), lambda: _frozen_filters(m), restore, held=lambda: saved)

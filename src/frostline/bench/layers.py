@@ -68,7 +68,7 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
 
         def put_back() -> None:
             with torch.no_grad():
-                for p, s in zip(frozen, saved):
+                for p, s in zip(frozen, saved, strict=False):
                     p.copy_(s)
 
         return trial(m, _adamw(m.parameters()), after=put_back, held=lambda: saved)

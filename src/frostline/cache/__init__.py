@@ -40,15 +40,15 @@ True
 
 from __future__ import annotations
 
-
 import contextlib
 import operator
 import os
 import sys
 import warnings
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +57,7 @@ from torch.utils import _pytree as pytree
 from ..errors import CacheError
 from ._disk import _DiskStore
 from ._store import _Hasher, _index, _MemoryStore
-from ._trace import _Out, _Plan, _Trace, _close, _lookup, _rng_state, _same, _set_rng_state
+from ._trace import _close, _lookup, _Out, _Plan, _rng_state, _same, _set_rng_state, _Trace
 from ._watch import _Watch, watches
 
 __all__ = ["FeatureCache", "CacheError", "with_ids"]
@@ -70,7 +70,7 @@ class _Stop(Exception):
     """Raised from ``upto``'s hook by ``fill``: the suffix need not run."""
 
 
-def with_ids(dataset: Any) -> "_WithIds":
+def with_ids(dataset: Any) -> _WithIds:
     """Wrap a map-style dataset so item ``i`` becomes ``(i, *item)`` (or ``(i, item)``): the sample ids a
     :class:`FeatureCache` keys rows by, batched by any ``DataLoader``.
 
@@ -313,7 +313,7 @@ class FeatureCache:
         # or a freeze-state change each alter it
         # every call: loops in C (map, zip) over the ~100 tensors of a transformer's prefix, not in Python
         now = [self._none if t is None else t for t in map(dict.get, plan.dicts, plan.locals)]
-        tensors = list(zip(map(id, now), map(_VERSION, now), map(Tensor.data_ptr, now), map(_GRAD, now)))
+        tensors = list(zip(map(id, now), map(_VERSION, now), map(Tensor.data_ptr, now), map(_GRAD, now), strict=False))
         return tensors, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
 
     def _revalidate(self, device_type: str) -> None:
@@ -324,7 +324,7 @@ class FeatureCache:
         plan = next(iter(self._plans.values()))
         now = self._fingerprint(plan, device_type)
         if now != self._print:
-            changed = [name for (name, *_), a, b in zip(plan.tensors, now[0], self._print[0]) if a != b]
+            changed = [name for (name, *_), a, b in zip(plan.tensors, now[0], self._print[0], strict=False) if a != b]
             return self._drop(f"{changed[0]} changed (values, dtype, device or freeze state)" if changed else
                               "autocast changed")
         for k, watch in enumerate(self._watches):
@@ -401,7 +401,7 @@ class FeatureCache:
         if hashes.device.type == "cpu":
             if not torch.equal(stored, hashes):
                 changed = stored != hashes
-                bad = [i for i, c in zip(ids, changed.tolist()) if c]
+                bad = [i for i, c in zip(ids, changed.tolist(), strict=False) if c]
                 raise CacheError(_changed(bad))
             return
         flag = (stored != hashes).any()  # stays on the device: read every check_every calls
@@ -577,7 +577,7 @@ class FeatureCache:
             if self._modes(plan) not in self._modes_ok:  # first time in this mode: do stored rows still hold?
                 stored = self._store.read([slots[k] for k in seen], rows[0].device)
                 fresh = [r[_index(seen, r.device)] for r in rows]
-                if not all(_close(a, b) for a, b in zip(fresh, stored)):
+                if not all(_close(a, b) for a, b in zip(fresh, stored, strict=False)):
                     raise CacheError(f"the prefix up to {self.upto!r} now computes other rows for samples it "
                                      "stored, though the tensors it reads did not change: its output depends on "
                                      "the training/eval mode or on state frostline cannot see. Call "
@@ -605,7 +605,7 @@ class FeatureCache:
                         b.copy_(value)
         a, spec_a = pytree.tree_flatten(out)
         b, spec_b = pytree.tree_flatten(again)
-        if spec_a != spec_b or not all(_close(x, y) for x, y in zip(a, b)):
+        if spec_a != spec_b or not all(_close(x, y) for x, y in zip(a, b, strict=False)):
             self._plans.clear()
             raise CacheError(f"the model's output depends on more of the prefix than {self.upto!r}'s output (a "
                              "skip connection, output_hidden_states, or a branch on prefix values), so the prefix "

@@ -22,8 +22,9 @@ import json
 import os
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -140,7 +141,7 @@ class _DiskStore:
             return
         count = meta["count"]
         maps = []
-        for name, size in zip(self._names(), self._sizes()):
+        for name, size in zip(self._names(), self._sizes(), strict=False):
             file = self.path / name
             try:
                 found = file.stat().st_size
@@ -211,7 +212,7 @@ class _DiskStore:
             new_hashes = hashes[sel].astype(np.int64)
             sums = np.column_stack([*([zlib.crc32(row) for row in d] for d in data),
                                     _key_sums(new_ids, new_hashes)]).astype(np.uint32)
-            for name, size, block in zip(self._names(), self._sizes(), [*data, new_ids, new_hashes, sums]):
+            for name, size, block in zip(self._names(), self._sizes(), [*data, new_ids, new_hashes, sums], strict=False):
                 fd = os.open(self.path / name, os.O_RDWR)
                 try:
                     os.pwrite(fd, np.ascontiguousarray(block).tobytes(), start * size)  # sums after the rows
@@ -239,7 +240,7 @@ class _DiskStore:
         names = self._names()
         self.meta["files"] = sorted(set(self.meta["files"]) | set(names))
         self._write_meta()
-        for name, size in zip(names, self._sizes()):
+        for name, size in zip(names, self._sizes(), strict=False):
             fd = os.open(self.path / name, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 if os.fstat(fd).st_size < cap * size:
@@ -253,7 +254,7 @@ class _DiskStore:
     # -- reading ----------------------------------------------------------------------------------------------------
     def read(self, slots: list[int], device: torch.device) -> list[Tensor]:
         out = []
-        for j, (mm, shape, dtype) in enumerate(zip(self.maps, self.layout.shapes, self.layout.dtypes)):
+        for j, (mm, shape, dtype) in enumerate(zip(self.maps, self.layout.shapes, self.layout.dtypes, strict=False)):
             block = mm[slots]
             self._verify(slots, j, [zlib.crc32(row) for row in block], str(self.path / self._names()[j]))
             host = torch.from_numpy(block).view(dtype).reshape(len(slots), *shape)

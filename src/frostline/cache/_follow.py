@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import CacheError
-from . import FeatureCache, _id_list, _describe
+from . import FeatureCache, _describe, _id_list
 
 
 class _Following(FeatureCache):

@@ -75,13 +75,13 @@ class _Layout:
     @property
     def row_bytes(self) -> list[int]:
         return [torch.Size(s).numel() * torch.empty((), dtype=d).element_size()
-                for s, d in zip(self.shapes, self.dtypes)]
+                for s, d in zip(self.shapes, self.dtypes, strict=False)]
 
     def check(self, rows: list[Tensor]) -> None:
         got = [(tuple(r.shape[1:]), r.dtype) for r in rows]
-        if got != list(zip(self.shapes, self.dtypes)):
+        if got != list(zip(self.shapes, self.dtypes, strict=False)):
             raise CacheError(f"this batch's prefix output rows are {got}, the stored ones "
-                             f"{list(zip(self.shapes, self.dtypes))}: every sample must give rows of one shape "
+                             f"{list(zip(self.shapes, self.dtypes, strict=False))}: every sample must give rows of one shape "
                              "and dtype (pad inputs to a fixed length)")
 
 
@@ -109,7 +109,7 @@ class _MemoryStore:
             cap = max(start + n, 2 * len(self.hashes), 64)
             self.buffers = [_grown(b, cap, start) for b in self.buffers]
             self.hashes = _grown(self.hashes, cap, start)
-        for buf, r in zip(self.buffers, rows):
+        for buf, r in zip(self.buffers, rows, strict=False):
             buf[start:start + n] = r
         self.hashes[start:start + n] = hashes
         self.index.update((i, start + k) for k, i in enumerate(ids))

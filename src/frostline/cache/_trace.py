@@ -134,7 +134,7 @@ def _rng_state(device: torch.device) -> list[Tensor]:
 
 
 def _same(a: list[Tensor], b: list[Tensor]) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a, b))
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=False))
 
 
 def _set_rng_state(states: list[Tensor], device: torch.device) -> None:

@@ -131,7 +131,7 @@ class _Watch:
                 return part.name, True
         for k, slot in enumerate(self.slots):
             if bool(self._hash(k) != self._expected[k]):
-                changed = [p.name for (p, _, _), now, then in zip(slot, self._shares(k), self._by_tensor[k])
+                changed = [p.name for (p, _, _), now, then in zip(slot, self._shares(k), self._by_tensor[k], strict=False)
                            if now != then]
                 return (changed or [slot[0][0].name])[0], False
         return None

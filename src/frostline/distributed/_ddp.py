@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .._state import partial_tensors
-from ._ranks import _disagreement, _frozen_states, _gather, _ranks
 from ..partial._base import is_dtensor
+from ._ranks import _disagreement, _frozen_states, _gather, _ranks
 from ._wrap import DistributedFreezeError, _require_process_group
 
 _IGNORE = "_ddp_params_and_buffers_to_ignore"  # the module attribute DDP's constructor reads (and only it)

@@ -7,7 +7,8 @@ brings every table to every rank, so all ranks compute, and return, the same fin
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -61,7 +62,7 @@ def _frozen_states(model: nn.Module) -> dict[str, str]:
         if found is not None:
             masks.append((name, found))
         states[name] = "trainable" if tensor.requires_grad else "frozen"
-    for (name, found), mask in zip(masks, _prints([m.frozen_mask() for _, m in masks])):
+    for (name, found), mask in zip(masks, _prints([m.frozen_mask() for _, m in masks]), strict=False):
         states[name] = f"partial ({found.strategy}, mask {mask[:12]})"
     return states
 
@@ -69,7 +70,7 @@ def _frozen_states(model: nn.Module) -> dict[str, str]:
 def _value_prints(model: nn.Module) -> dict[str, str]:
     """Fingerprints of the replicated (not sharded) logical parameters' values."""
     named = [(n, t, get_partial(model, n)) for n, t in named_logical_parameters(model) if not is_dtensor(t)]
-    return dict(zip([n for n, _, _ in named], _prints([p.full() if p is not None else t for _, t, p in named])))
+    return dict(zip([n for n, _, _ in named], _prints([p.full() if p is not None else t for _, t, p in named]), strict=False))
 
 
 def _gather(payload: Any, group: dist.ProcessGroup | None) -> list[Any]:
@@ -90,7 +91,7 @@ def _differing(tables: list[dict[str, str]], ranks: list[int],
     examples = []
     for name in differing[:3]:
         by_value: dict[str, list[str]] = {}
-        for rank, table in zip(ranks, tables):
+        for rank, table in zip(ranks, tables, strict=False):
             by_value.setdefault(table.get(name, "absent"), []).append(str(rank))
         sides = [f"{label(v)} on rank{'s' if len(r) > 1 else ''} {', '.join(r)}"
                  for v, r in by_value.items()]

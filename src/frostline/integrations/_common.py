@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..schedules import Plan, Schedule
-from ..select import Spec
+from ..selection import Spec
 
 
 class Hold(Schedule):

@@ -27,7 +27,7 @@ except ImportError:  # only the older package name may be installed
             from exc
 
 from ..schedules import Schedule
-from ..select import Spec
+from ..selection import Spec
 from ._common import as_schedule
 
 __all__ = ["FreezeCallback"]

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+
 try:
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 except ImportError as exc:
@@ -27,7 +28,7 @@ from ..errors import FrostlineError
 from ..freeze import freeze
 from ..schedules import Schedule
 from ..schedules._optim import track_names
-from ..select import Spec, select
+from ..selection import Spec, select
 from ._common import Hold, as_schedule
 
 __all__ = ["FreezeCallback", "embedding_names", "layer_names", "freeze_embeddings", "freeze_first_layers",

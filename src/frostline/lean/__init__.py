@@ -51,7 +51,7 @@ from __future__ import annotations
 DEFAULT: bool = True  # read by every freeze(..., lean=None) call: set frostline.lean.DEFAULT = False to turn it off
 
 from ._core import keeps, refresh  # noqa: E402  (after DEFAULT, which _core reads from this module)
-from .measure import saved_bytes
 from ._recompute import recompute
+from .measure import saved_bytes
 
 __all__ = ["DEFAULT", "keeps", "recompute", "refresh", "saved_bytes"]

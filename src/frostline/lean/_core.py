@@ -10,14 +10,15 @@ True. The lean forward is installed as an instance attribute, ``functools.partia
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 from torch.nn.parameter import is_lazy
 
 from .._state import partial_tensors
 from ..errors import FreezeError
-from . import _recompute as recompute, activation, conv, norm, pool
+from . import _recompute as recompute
+from . import activation, conv, norm, pool
 
 CHOICE = "_frostline_lean"
 
@@ -77,7 +78,7 @@ def _eligible(modules: list[nn.Module]) -> list[bool]:
     miss the ReLU that sits beside a trainable first layer and feeds the frozen network.
     """
     owns = [_owns(m) for m in modules]
-    frozen = [o and _fully_frozen(m) for o, m in zip(owns, modules)]
+    frozen = [o and _fully_frozen(m) for o, m in zip(owns, modules, strict=False)]
     after: list[bool | None] = [None] * len(modules)
     before: list[bool | None] = [None] * len(modules)
     last = None
@@ -89,7 +90,7 @@ def _eligible(modules: list[nn.Module]) -> list[bool]:
         before[i] = last
         last = frozen[i] if owns[i] else last
     return [f if o else a if a is not None else b if b is not None else True
-            for o, f, a, b in zip(owns, frozen, after, before)]
+            for o, f, a, b in zip(owns, frozen, after, before, strict=False)]
 
 
 def refresh(model: nn.Module, lean: bool | None) -> None:
@@ -116,7 +117,7 @@ def refresh(model: nn.Module, lean: bool | None) -> None:
         raise FreezeError(f"lean must be True, False or None (frostline's default), not {lean!r}")
     recompute.release(model)  # a recomputed block that trains again runs plain: it needs its activations
     modules = [m for _, m in model.named_modules()]
-    for module, eligible in zip(modules, _eligible(modules)):
+    for module, eligible in zip(modules, _eligible(modules), strict=False):
         found = cover(module)
         foreign = "forward" in module.__dict__ and not _ours(module)
         if found is None or foreign or not eligible:

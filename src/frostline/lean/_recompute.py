@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -47,7 +47,7 @@ class _Conv(Function):
                 size_in, size_out, kernel = ctx.in_shape[-nd:], grad.shape[-nd:], weight.shape[-nd:]
                 # the rows a strided forward skipped at the far edge come back as output padding
                 extra = [n + 2 * p - ((m - 1) * s + d * (k - 1) + 1)
-                         for n, m, k, s, p, d in zip(size_in, size_out, kernel, stride, padding, dilation)]
+                         for n, m, k, s, p, d in zip(size_in, size_out, kernel, stride, padding, dilation, strict=False)]
                 gx = _TRANSPOSED[nd](grad, w, None, stride, padding, extra, groups, dilation)
         return cast(gx, ctx.in_dtype), None, None, None
 

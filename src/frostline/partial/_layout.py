@@ -7,7 +7,7 @@ that happens to freeze whole slices is stored as slices.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

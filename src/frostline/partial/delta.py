@@ -31,11 +31,11 @@ nothing else), the base is never written in the step path, and ``state_dict``/``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from collections.abc import Sequence
 
 from . import _forward
 from ._base import Strategy, _put, _take, fsdp_managed, gathered, is_dtensor

@@ -114,7 +114,7 @@ class Mask(Strategy):
         from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
         shape, offset = compute_local_shape_and_global_offset(shard.shape, shard.device_mesh, shard.placements)
-        mine = tuple(slice(start, start + size) for start, size in zip(offset, shape))
+        mine = tuple(slice(start, start + size) for start, size in zip(offset, shape, strict=False))
         frozen = self.layout().full().to(local.device)
         values = torch.zeros(shard.shape, dtype=local.dtype, device=local.device)
         if self.dim is not None:

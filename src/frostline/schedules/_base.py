@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ from .._state import get_partial, named_logical_parameters
 from ..errors import FrostlineError
 from ..freeze import freeze, unfreeze
 from ..groups import layer_groups
-from ..select import select
+from ..selection import select
 from . import _optim
 
 __all__ = ["Schedule", "Change", "Plan"]
@@ -375,7 +376,7 @@ def _tensors(names: list[str]) -> str:
 def _common_module(names: list[str]) -> str:
     """The deepest module holding every name of a group (``encoder.layer.3``), or ``""``."""
     common: list[str] = []
-    for level in zip(*[n.split(".")[:-1] for n in names]):
+    for level in zip(*[n.split(".")[:-1] for n in names], strict=False):
         if len(set(level)) != 1:
             break
         common.append(level[0])

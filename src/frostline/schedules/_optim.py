@@ -182,7 +182,7 @@ def track_names(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
         if current is None:
             return
         names = {id(p): n for n, p in current.named_parameters()}
-        for saved, group in zip(state["param_groups"], opt.param_groups):
+        for saved, group in zip(state["param_groups"], opt.param_groups, strict=False):
             if all(id(p) in names for p in group["params"]):
                 saved[NAMES] = [names[id(p)] for p in group["params"]]
 

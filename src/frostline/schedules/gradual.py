@@ -3,7 +3,8 @@ Classification", ACL 2018): train the top group first, then unfreeze one more gr
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ._base import Plan, Schedule
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import base64
 import logging
 import weakref
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from torch import nn
 from .._state import get_partial
 from ..errors import FrostlineError
 from ..groups import _CONTAINERS, _has_params, _is_leaf
-from ..select import select
+from ..selection import select
 from ._base import Change, Plan, Schedule, _common_module
 
 __all__ = ["LayerwiseSampling", "repeated_blocks"]

@@ -4,7 +4,8 @@ Progressively Freezing Layers", arXiv:1706.04983, 2017)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from ._base import Plan, Schedule
 
@@ -71,7 +72,7 @@ class ProgressiveFreeze(Schedule):
         # the top group never freezes: FreezeOut keeps the classifier trainable until the end
         frozen = frozenset(i for i, stop in enumerate(stops[:-1]) if step >= stop)
         lr = {}
-        for i, (t, stop) in enumerate(zip(ts, stops)):
+        for i, (t, stop) in enumerate(zip(ts, stops, strict=False)):
             if i not in frozen:
                 progress = min(step / stop, 1.0)
                 lr[i] = 0.5 * (1 + math.cos(math.pi * progress)) / (t if self.scale_lr else 1.0)

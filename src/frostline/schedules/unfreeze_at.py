@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..select import Spec
+from ..selection import Spec
 from ._base import Plan, Schedule
 
 __all__ = ["UnfreezeAt"]

@@ -15,7 +15,8 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Union
 
 from torch import Tensor, nn
 

@@ -52,10 +52,17 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[object]], *, title: s
     """Render rows as an aligned text table; numbers right-aligned, text left-aligned.
 
     With ``width``, a table wider than that wraps its headers at spaces, then its widest text columns (after
-    ``", "``, spaces and dots) until it fits or no column can shrink further; numbers never wrap.
+    ``", "``, spaces and dots) until it fits or no column can shrink further; numbers never wrap. Cells may be any
+    objects (shown as ``str`` shows them):
+
+    >>> print(render(["n", "name"], [[3, "a"], [12.5, "b"]]))
+       n  name
+    ----  ----
+       3  a
+    12.5  b
     """
     cells = [[str(c) for c in row] for row in [headers, *rows, *footer]]
-    numeric = [bool(all(_is_number(r[i]) for r in [*rows, *footer]) and (rows or footer)) for i in range(len(headers))]
+    numeric = [bool(all(_is_number(r[i]) for r in cells[1:]) and (rows or footer)) for i in range(len(headers))]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     if width is not None:
         widths = _fit(cells, numeric, widths, width)

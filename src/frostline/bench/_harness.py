@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .._state import get_partial
 from ..errors import FreezeError, FrozenParameterChanged
 from ..guard import snapshot
 from ..summary import optimizer_state_bytes
@@ -79,6 +80,15 @@ class Row:
     note: str = ""
 
 
+def chosen_strategy(model: nn.Module, name: str) -> str:
+    """The strategy storing the partially frozen parameter ``name`` (what ``strategy="auto"`` chose)."""
+    partial = get_partial(model, name)
+    if partial is None:
+        raise FreezeError(f"{name!r} is not partially frozen, so no strategy stores it; freeze rows or a mask of "
+                          "it first")
+    return partial.strategy
+
+
 def train_step(forward: Callable[[], Tensor], optimizer: torch.optim.Optimizer,
                after: Callable[[], None] | None = None) -> Callable[[], None]:
     """A training step: ``loss = forward()``, backward, optimizer step, then ``after`` (a method's fix-up)."""
@@ -116,7 +126,7 @@ def measure(methods: list[Method], *, rounds: int, steps: int, warmup: int,
             accounted = [_account(row, t) if t is not None else None for row, t in zip(rows, trials, strict=False)]
             sweeps = sweeps or [accounted]
             for row, trial, check in zip(rows, trials, checks, strict=False):
-                if check is not None:
+                if check is not None and trial is not None:  # a check exists only for a set-up trial
                     row.exact, row.note = check.passed(), trial.note()
         for sweep in sweeps:
             for row, spent, seconds in zip(rows, times, sweep, strict=False):

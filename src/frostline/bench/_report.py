@@ -77,7 +77,7 @@ def plot(results: list[CaseResult], path: Path) -> None:
                              gridspec_kw={"height_ratios": heights})
     for ax, result in zip(axes[:, 0], results, strict=False):
         rows = [r for r in result.rows if r.ratio is not None and r.by != "baseline"]
-        ratios = [r.ratio for r in rows]
+        ratios = [r.ratio for r in rows if r.ratio is not None]  # all of them: the filter above, again for mypy
         colors = ["#2ca02c" if r.exact else "#d62728" for r in rows]
         ax.barh(range(len(rows)), [abs(r - 1.0) for r in ratios], left=[min(r, 1.0) for r in ratios],
                 color=colors, height=0.6)

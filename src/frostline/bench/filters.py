@@ -7,22 +7,26 @@ restoring the frozen filters after every step or masking their gradient (AdamW's
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import ParamsT
 
-from .._state import get_partial
-from ..freeze import freeze
+from ..freeze import Strategy, freeze
 from ..models import seed_cnn
 from ..optim import optimizer as frostline_optimizer
-from ._harness import Method, Trial, train_step
+from ._harness import Method, Trial, chosen_strategy, train_step
 
 TITLE = "case A: seed CNN, half of every conv's filters frozen, AdamW wd=0.01"
 FRONT = ["0", "2", "3"]  # the front four modules of the Sequential (module 1 is a ReLU)
-STRATEGIES = ("auto", "split", "mask", "delta")
+STRATEGIES: tuple[Strategy, ...] = ("auto", "split", "mask", "delta")
 
 
-def _adamw(params) -> torch.optim.AdamW:
+def _adamw(params: ParamsT) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
 
 
@@ -40,7 +44,7 @@ def _frozen_filters(model: nn.Module) -> list[torch.Tensor]:
     return [state[f"{name}.weight"][: conv.out_channels // 2] for name, conv in _convs(model)]
 
 
-def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
+def methods(quick: bool, model_path: Path | None = None) -> tuple[str, list[Method]]:
     """The setup line and the methods of case A (``model_path`` is unused: the CNN is built in)."""
     torch.manual_seed(1)
     batch, side = (8, 16) if quick else (64, 32)
@@ -51,7 +55,8 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
         torch.manual_seed(0)
         return seed_cnn().train()
 
-    def trial(m: nn.Module, opt: torch.optim.Optimizer, frozen=None, after=None, **extra) -> Trial:
+    def trial(m: nn.Module, opt: torch.optim.Optimizer, frozen: Callable[[], list[torch.Tensor]] | None = None,
+              after: Callable[[], None] | None = None, **extra: Any) -> Trial:
         return Trial(m, train_step(lambda: F.cross_entropy(m(x), y), opt, after), opt, frozen, **extra)
 
     def unfrozen() -> Trial:
@@ -67,8 +72,8 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
     def front_lr0() -> Trial:
         m = model()
         front = {id(p) for i in FRONT for p in m.get_submodule(i).parameters()}
-        groups = [{"params": [p for p in m.parameters() if id(p) in front], "lr": 0.0},
-                  {"params": [p for p in m.parameters() if id(p) not in front]}]
+        groups: list[dict[str, Any]] = [{"params": [p for p in m.parameters() if id(p) in front], "lr": 0.0},
+                                        {"params": [p for p in m.parameters() if id(p) not in front]}]
         return trial(m, _adamw(groups), lambda: _front_state(m))
 
     def front_frostline() -> Trial:
@@ -98,13 +103,13 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
             masks.append(keep)
         return trial(m, _adamw(m.parameters()), lambda: _frozen_filters(m), held=lambda: masks)
 
-    def half_frostline(strategy: str):
+    def half_frostline(strategy: Strategy) -> Callable[[], Trial]:
         def setup() -> Trial:
             m = model()
             for name, conv in _convs(m):
                 freeze(m, f"{name}.weight", rows=range(conv.out_channels // 2), strategy=strategy)
             opt = frostline_optimizer(m, torch.optim.AdamW, lr=1e-3, weight_decay=0.01, no_decay=())
-            chosen = sorted({get_partial(m, f"{n}.weight").strategy for n, _ in _convs(m)})
+            chosen = sorted({chosen_strategy(m, f"{n}.weight") for n, _ in _convs(m)})
             note = f"auto chose {', '.join(chosen)}" if strategy == "auto" else ""
             return trial(m, opt, lambda: _frozen_filters(m), note=lambda: note)
 

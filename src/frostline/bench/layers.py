@@ -9,9 +9,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import ParamsT
 
 from ..freeze import freeze
 from ..optim import optimizer as frostline_optimizer
@@ -25,7 +30,7 @@ PREFIXES = ("backbone.embeddings.", *(f"backbone.encoder.layer.{i}." for i in ra
 MIDDLE = ("backbone.encoder.",)  # the second setting: every layer frozen, the embeddings below them train
 
 
-def _adamw(params) -> torch.optim.AdamW:
+def _adamw(params: ParamsT) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
 
 
@@ -33,11 +38,12 @@ def _frozen_state(model: nn.Module, prefixes: tuple[str, ...] = PREFIXES) -> lis
     return [v for k, v in model.state_dict().items() if k.startswith(prefixes)]
 
 
-def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
+def methods(quick: bool, model_path: Path | None = None) -> tuple[str, list[Method]]:
     """The setup line and the methods of the whole-layer case."""
     ids, mask, y, setup = text_batch(quick)
 
-    def trial(m: nn.Module, opt: torch.optim.Optimizer, frozen=PREFIXES, after=None, **extra) -> Trial:
+    def trial(m: nn.Module, opt: torch.optim.Optimizer, frozen: tuple[str, ...] = PREFIXES,
+              after: Callable[[], None] | None = None, **extra: Any) -> Trial:
         step = train_step(lambda: F.cross_entropy(m(ids, mask), y), opt, after)
         return Trial(m, step, opt, (lambda: _frozen_state(m, frozen)) if frozen else None, **extra)
 
@@ -45,7 +51,7 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
         m = classifier(model_path)
         return trial(m, _adamw(m.parameters()), frozen=())
 
-    def requires_grad(prefixes: tuple[str, ...]):
+    def requires_grad(prefixes: tuple[str, ...]) -> Callable[[], Trial]:
         def setup() -> Trial:
             m = classifier(model_path)
             for name, p in m.named_parameters():
@@ -57,8 +63,8 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
     def lr0() -> Trial:
         m = classifier(model_path)
         named = list(m.named_parameters())
-        groups = [{"params": [p for n, p in named if n.startswith(PREFIXES)], "lr": 0.0},
-                  {"params": [p for n, p in named if not n.startswith(PREFIXES)]}]
+        groups: list[dict[str, Any]] = [{"params": [p for n, p in named if n.startswith(PREFIXES)], "lr": 0.0},
+                                        {"params": [p for n, p in named if not n.startswith(PREFIXES)]}]
         return trial(m, _adamw(groups))
 
     def restore() -> Trial:
@@ -73,7 +79,7 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
 
         return trial(m, _adamw(m.parameters()), after=put_back, held=lambda: saved)
 
-    def frostline(spec: str | list[str], prefixes: tuple[str, ...], lean: bool):
+    def frostline(spec: str | list[str], prefixes: tuple[str, ...], lean: bool) -> Callable[[], Trial]:
         def setup() -> Trial:
             m = freeze(classifier(model_path), spec, lean=lean)
             opt = frostline_optimizer(m, torch.optim.AdamW, lr=1e-4, weight_decay=0.01, no_decay=())

@@ -9,10 +9,14 @@ The cached rows time steady-state steps (every sample seen before); the note giv
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.optimizer import ParamsT
 
 from .._table import human_bytes
 from ..demo import pool
@@ -27,7 +31,7 @@ TOP2_FROZEN = ["backbone.embeddings", "backbone.encoder.layer.[0-3]"]
 TOP2_PREFIXES = ("backbone.embeddings.", *(f"backbone.encoder.layer.{i}." for i in range(4)))
 
 
-def _adamw(params) -> torch.optim.AdamW:
+def _adamw(params: ParamsT) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
 
 
@@ -35,14 +39,19 @@ def _frozen(model: nn.Module, prefixes: tuple[str, ...]) -> list[Tensor]:
     return [v for k, v in model.state_dict().items() if k.startswith(prefixes)]
 
 
+def _encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The encoder's layers of the classifier around a transformers BERT-style backbone."""
+    return cast(nn.ModuleList, model.get_submodule("backbone.encoder.layer"))
+
+
 def _layers_from(model: nn.Module, hidden: Tensor, start: int) -> Tensor:
-    for layer in model.backbone.encoder.layer[start:]:
+    for layer in _encoder_layers(model)[start:]:
         out = layer(hidden, attention_mask=None)  # an all-ones mask: no masking needed
         hidden = out[0] if isinstance(out, tuple) else out
     return hidden
 
 
-def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
+def methods(quick: bool, model_path: Path | None = None) -> tuple[str, list[Method]]:
     """The setup line and the methods of the frozen-prefix case."""
     from ..cache import FeatureCache
 
@@ -50,7 +59,8 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
     sample_ids = torch.arange(len(ids))  # the same sentences every step: after the first, all are cached
     probe_prefixes = ("backbone.",)
 
-    def trial(m: nn.Module, forward, opt: torch.optim.Optimizer, prefixes=None, **extra) -> Trial:
+    def trial(m: nn.Module, forward: Callable[[], Tensor], opt: torch.optim.Optimizer,
+              prefixes: tuple[str, ...] | None = None, **extra: Any) -> Trial:
         frozen = (lambda: _frozen(m, prefixes)) if prefixes else None
         return Trial(m, train_step(lambda: F.cross_entropy(forward(), y), opt), opt, frozen, **extra)
 
@@ -58,7 +68,7 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
         m = classifier(model_path)
         return trial(m, lambda: m(ids, mask), _adamw(m.parameters()))
 
-    def requires_grad(prefixes: tuple[str, ...]):
+    def requires_grad(prefixes: tuple[str, ...]) -> Callable[[], Trial]:
         def setup() -> Trial:
             m = classifier(model_path)
             for name, p in m.named_parameters():
@@ -78,7 +88,7 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
     def top2_precomputed() -> Trial:
         m = classifier(model_path)
         m.backbone.embeddings.requires_grad_(False)
-        m.backbone.encoder.layer[:4].requires_grad_(False)
+        _encoder_layers(m)[:4].requires_grad_(False)
         with torch.no_grad():
             m.eval()
             hidden = _layers_from_prefix(m, ids)
@@ -87,7 +97,7 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
         return trial(m, forward, _adamw([p for p in m.parameters() if p.requires_grad]), TOP2_PREFIXES,
                      held=lambda: [hidden])
 
-    def cached(spec: str | list[str], upto: str, prefixes: tuple[str, ...]):
+    def cached(spec: str | list[str], upto: str, prefixes: tuple[str, ...]) -> Callable[[], Trial]:
         def setup() -> Trial:
             m = freeze(classifier(model_path), spec)
             for name, module in m.named_modules():  # attention dropout follows each attention module's own
@@ -123,8 +133,8 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
 
 
 def _layers_from_prefix(model: nn.Module, ids: Tensor) -> Tensor:
-    hidden = model.backbone.embeddings(input_ids=ids)
-    for layer in model.backbone.encoder.layer[:4]:
+    hidden = model.get_submodule("backbone.embeddings")(input_ids=ids)
+    for layer in _encoder_layers(model)[:4]:
         out = layer(hidden, attention_mask=None)
         hidden = out[0] if isinstance(out, tuple) else out
     return hidden

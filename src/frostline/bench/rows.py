@@ -7,19 +7,23 @@ momentum still move masked rows), and a hand-written sparse delta (only the 64 r
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import ParamsT
 
-from .._state import get_partial
-from ..freeze import freeze
+from ..freeze import Strategy, freeze
 from ..optim import optimizer as frostline_optimizer
-from ._harness import Method, Trial, train_step
+from ._harness import Method, Trial, chosen_strategy, train_step
 
 TITLE = "case B: 30522x384 embedding, 64 trainable rows, AdamW wd=0.01"
 VOCAB, DIM = 30522, 384
 TRAINABLE = torch.arange(0, VOCAB, VOCAB // 64)[:64]
-STRATEGIES = ("auto", "delta", "mask")
+STRATEGIES: tuple[Strategy, ...] = ("auto", "delta", "mask")
 
 
 class TokenModel(nn.Module):
@@ -35,7 +39,7 @@ class TokenModel(nn.Module):
         return self.head(self.emb(ids).mean(1))
 
 
-def _adamw(params) -> torch.optim.AdamW:
+def _adamw(params: ParamsT) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
 
 
@@ -45,7 +49,7 @@ def _keep() -> torch.Tensor:
     return keep
 
 
-def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
+def methods(quick: bool, model_path: Path | None = None) -> tuple[str, list[Method]]:
     """The setup line and the methods of case B (``model_path`` is unused)."""
     torch.manual_seed(1)
     batch, tokens = (4, 16) if quick else (32, 128)
@@ -55,7 +59,8 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
     keep = _keep()
     setup = f"batch {batch}x{tokens} tokens, {VOCAB * DIM:,} embedding elements, {len(TRAINABLE)} rows trainable"
 
-    def trial(m: nn.Module, opt: torch.optim.Optimizer, forward=None, after=None, **extra) -> Trial:
+    def trial(m: nn.Module, opt: torch.optim.Optimizer, forward: Callable[[], torch.Tensor] | None = None,
+              after: Callable[[], None] | None = None, **extra: Any) -> Trial:
         forward = forward or (lambda: F.cross_entropy(m(ids), y))
         frozen = lambda: [m.state_dict()["emb.weight"][keep]]  # noqa: E731 (effective values, any strategy)
         return Trial(m, train_step(forward, opt, after), opt, frozen, **extra)
@@ -98,11 +103,11 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
 
         return trial(m, _adamw([delta, *m.head.parameters()]), forward, held=lambda: [delta, remap])
 
-    def strategy(name: str):
+    def strategy(name: Strategy) -> Callable[[], Trial]:
         def setup() -> Trial:
             m = freeze(TokenModel(), "emb.weight", rows=keep.nonzero().flatten(), strategy=name)
             opt = frostline_optimizer(m, torch.optim.AdamW, lr=1e-3, weight_decay=0.01, no_decay=())
-            note = f"auto chose {get_partial(m, 'emb.weight').strategy}" if name == "auto" else ""
+            note = f"auto chose {chosen_strategy(m, 'emb.weight')}" if name == "auto" else ""
             return trial(m, opt, note=lambda: note)
 
         return setup

@@ -46,9 +46,9 @@ import os
 import sys
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +59,9 @@ from ._disk import _DiskStore
 from ._store import _Hasher, _index, _MemoryStore
 from ._trace import _close, _lookup, _Out, _Plan, _rng_state, _same, _set_rng_state, _Trace
 from ._watch import _Watch, watches
+
+if TYPE_CHECKING:
+    from ..schedules import Schedule
 
 __all__ = ["FeatureCache", "CacheError", "with_ids"]
 
@@ -208,7 +211,9 @@ class FeatureCache:
             return super().__new__(_Following)
         return super().__new__(cls)
 
-    def __init__(self, model: nn.Module, upto: str, *, store: Literal["memory", "disk"] = "memory",
+    upto: str | None  # the last prefix module; None only while a schedule this cache follows has frozen no prefix
+
+    def __init__(self, model: nn.Module, upto: str | Schedule, *, store: Literal["memory", "disk"] = "memory",
                  path: str | os.PathLike | None = None, progress: bool | None = None, check_every: int = 64):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -230,7 +235,7 @@ class FeatureCache:
         self.progress, self.check_every = progress, check_every
         self.invalidations = 0  # times the prefix changed and the stored rows were dropped
         self._upto = model.get_submodule(upto)
-        self._store = _MemoryStore() if store == "memory" else _DiskStore(Path(path))
+        self._store = _MemoryStore() if path is None else _DiskStore(Path(path))  # path comes with store="disk"
         self._plans: dict[str, _Plan] = {}
         self._modes_ok: set[tuple[bool, ...]] = set()  # training flags of the prefix checked to give the same rows
         self._print: tuple | None = None  # the prefix's fingerprint when the first plan was made
@@ -260,7 +265,7 @@ class FeatureCache:
         Each batch is ``(sample_ids, *model_args)``, with an optional trailing dict of keyword arguments, e.g.
         ``cache.fill(((ids, x) for ids, x, y in loader), total=len(loader))``.
         """
-        if total is None and hasattr(batches, "__len__"):
+        if total is None and isinstance(batches, Sized):
             total = len(batches)
         bar = _progress_bar(total, self.progress if progress is None else progress, f"caching up to {self.upto}")
         added = 0
@@ -319,7 +324,7 @@ class FeatureCache:
     def _revalidate(self, device_type: str) -> None:
         """Drop everything stored when a tensor the prefix computes with changed (its metadata, or values the
         content check compares at this call), or the autocast state did."""
-        if not self._plans:
+        if not self._plans or self._print is None:  # both are set together, with the first plan
             return
         plan = next(iter(self._plans.values()))
         now = self._fingerprint(plan, device_type)
@@ -543,7 +548,7 @@ class FeatureCache:
         names = {id(m): n for n, m in self.model.named_modules()}
         roots: dict[int, tuple[nn.Module, list[_Out]]] = {}
         for call in trace.roots or []:
-            roots.setdefault(id(call.module), (call.module, []))[1].append(call.out)
+            roots.setdefault(id(call.module), (call.module, []))[1].append(cast(_Out, call.out))  # set: it returned
         modules = {}
         for top in [*(m for m, _ in roots.values()), self._upto]:
             for sub_name, sub in top.named_modules():
@@ -603,9 +608,9 @@ class FeatureCache:
                 for b, version, value in buffers:
                     if b._version != version:
                         b.copy_(value)
-        a, spec_a = pytree.tree_flatten(out)
-        b, spec_b = pytree.tree_flatten(again)
-        if spec_a != spec_b or not all(_close(x, y) for x, y in zip(a, b, strict=False)):
+        flat_out, spec_out = pytree.tree_flatten(out)
+        flat_again, spec_again = pytree.tree_flatten(again)
+        if spec_out != spec_again or not all(_close(x, y) for x, y in zip(flat_out, flat_again, strict=False)):
             self._plans.clear()
             raise CacheError(f"the model's output depends on more of the prefix than {self.upto!r}'s output (a "
                              "skip connection, output_hidden_states, or a branch on prefix values), so the prefix "

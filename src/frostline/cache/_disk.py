@@ -100,7 +100,15 @@ class _DiskStore:
             [f"ids-{g}.bin", f"hashes-{g}.bin", f"sums-{g}.bin"]
 
     def _sizes(self) -> list[int]:
-        return [*self.layout.row_bytes, 8, 8, 4 * (len(self.layout.row_bytes) + 1)]
+        row_bytes = self._stored_layout().row_bytes
+        return [*row_bytes, 8, 8, 4 * (len(row_bytes) + 1)]
+
+    def _stored_layout(self) -> _Layout:
+        """The rows' layout, known once the first rows were stored (the files exist only from then on)."""
+        if self.layout is None:
+            raise CacheError(f"the disk store at {self.path} holds no rows yet, so it has no files to size or "
+                             "read; store rows first")
+        return self.layout
 
     @contextlib.contextmanager
     def _locked(self, exclusive: bool) -> Iterator[None]:
@@ -131,7 +139,7 @@ class _DiskStore:
         import numpy as np
 
         if not known:
-            self.index = {}
+            self.index: dict[int, int] = {}  # sample id -> row
         self.meta, self.maps = meta, []
         leaves = meta.get("leaves") if not _legacy(meta) else None
         self.layout = _Layout([tuple(x["shape"]) for x in leaves], [getattr(torch, x["dtype"]) for x in leaves]) \
@@ -191,16 +199,20 @@ class _DiskStore:
         import numpy as np
 
         host = [r.detach().cpu().contiguous().reshape(len(ids), -1).view(torch.uint8).numpy() for r in rows]
-        hashes = hashes.cpu().numpy()  # device-to-host copies: filling syncs, cached steps do not
+        host_hashes = hashes.cpu().numpy()  # device-to-host copies: filling syncs, cached steps do not
         with self._locked(exclusive=True):
             self._refresh()
             if self.layout is None:
                 self.meta["leaves"] = [{"shape": list(r.shape[1:]), "dtype": str(r.dtype).removeprefix("torch.")}
                                        for r in rows]
                 self._load(self.meta)
-            self.layout.check(rows)
+            self._stored_layout().check(rows)
             seen = set(self.index)  # rows another process stored meanwhile are not stored twice
-            keep = [k for k, i in enumerate(ids) if not (i in seen or seen.add(i))]
+            keep = []
+            for k, i in enumerate(ids):
+                if i not in seen:
+                    seen.add(i)
+                    keep.append(k)
             if not keep:
                 return
             start, n = self.meta["count"], len(keep)
@@ -209,7 +221,7 @@ class _DiskStore:
             sel = np.asarray(keep)
             data = [h[sel] for h in host]
             new_ids = np.asarray([ids[k] for k in keep], dtype=np.int64)
-            new_hashes = hashes[sel].astype(np.int64)
+            new_hashes = host_hashes[sel].astype(np.int64)
             sums = np.column_stack([*([zlib.crc32(row) for row in d] for d in data),
                                     _key_sums(new_ids, new_hashes)]).astype(np.uint32)
             for name, size, block in zip(self._names(), self._sizes(), [*data, new_ids, new_hashes, sums], strict=False):
@@ -254,7 +266,8 @@ class _DiskStore:
     # -- reading ----------------------------------------------------------------------------------------------------
     def read(self, slots: list[int], device: torch.device) -> list[Tensor]:
         out = []
-        for j, (mm, shape, dtype) in enumerate(zip(self.maps, self.layout.shapes, self.layout.dtypes, strict=False)):
+        layout = self._stored_layout()
+        for j, (mm, shape, dtype) in enumerate(zip(self.maps, layout.shapes, layout.dtypes, strict=False)):
             block = mm[slots]
             self._verify(slots, j, [zlib.crc32(row) for row in block], str(self.path / self._names()[j]))
             host = torch.from_numpy(block).view(dtype).reshape(len(slots), *shape)

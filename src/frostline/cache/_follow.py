@@ -11,7 +11,7 @@ the prefix shrinks, the deeper depths' rows are dropped.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -57,7 +57,8 @@ class _Following(FeatureCache):
         if upto is not None and upto not in self._order:
             raise CacheError(f"the schedule's frozen prefix ends at {upto!r}, which is no module of this model: "
                              "give the cache the model the schedule steps")
-        while self._depths and (upto is None or self._order[self._depths[-1].upto] > self._order[upto]):
+        # cast: a depth is a FeatureCache of a module name, never of a schedule
+        while self._depths and (upto is None or self._order[cast(str, self._depths[-1].upto)] > self._order[upto]):
             self._pop(-1)  # the prefix shrank: rows of the deeper prefixes are dropped
         self.upto = upto
         if upto is not None and (not self._depths or self._depths[-1].upto != upto):

@@ -38,7 +38,7 @@ class _Hasher:
         return self._weights[(n, device)]
 
     def rows(self, tensors: list[Tensor], batch: int, salt: int = 0) -> Tensor:
-        h = None
+        h: Tensor | None = None
         for t in tensors:
             x = (t if t.dtype is torch.int64 and not t.requires_grad else _as_ints(t)).reshape(batch, -1)
             w = self._w(x.shape[1], x.device)
@@ -48,6 +48,8 @@ class _Hasher:
                 h = part
             else:
                 h = h.mul_(1_000_003).add_(part if part.device == h.device else part.to(h.device, non_blocking=True))
+        if h is None:
+            raise CacheError("a batch without tensors has no rows to hash: pass the model's input tensors")
         return h.add_(salt)
 
     def content(self, t: Tensor, chunk: int = 4096) -> Tensor:
@@ -95,7 +97,7 @@ class _MemoryStore:
         self.index: dict[int, int] = {}
         self.layout: _Layout | None = None
         self.buffers: list[Tensor] = []
-        self.hashes: Tensor | None = None
+        self.hashes = torch.empty(0, dtype=torch.int64)  # the first add puts it on the rows' device
         self._last: dict[torch.device, tuple[list[int], Tensor]] = {}
 
     def add(self, ids: list[int], hashes: Tensor, rows: list[Tensor]) -> None:

@@ -24,7 +24,7 @@ class _Out:
     @staticmethod
     def of(output: Any, batch: int) -> _Out:
         values, spec = pytree.tree_flatten(output)
-        leaves = []
+        leaves: list[tuple] = []
         for v in values:
             if not isinstance(v, Tensor):
                 leaves.append(("value", v))
@@ -116,7 +116,9 @@ class _Plan:
     verified: bool = False  # a cached forward matched the uncached one
 
     def __post_init__(self) -> None:
-        self.tables = [(o._parameters if p else o._buffers, local) for _, o, local, p in self.tensors]
+        # typed by value Any: Parameter dicts and buffer dicts side by side (torch types them apart)
+        self.tables: list[tuple[dict[str, Any], str]] = [(o._parameters if p else o._buffers, local)
+                                                         for _, o, local, p in self.tensors]
         self.dicts, self.locals = [d for d, _ in self.tables], [local for _, local in self.tables]
         self.module_list = [m for _, m in self.modules]
 

@@ -84,7 +84,8 @@ class Change:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Change:
-        kept = {k: list(data.get(k, [])) for k in ("kept", "kept_partial")}  # absent from older checkpoints
+        # absent from older checkpoints
+        kept: dict[str, Any] = {k: list(data.get(k, [])) for k in ("kept", "kept_partial")}
         return cls(**{k: data[k] for k in ("epoch", "step", "frozen", "unfrozen", "groups", "reason")}, **kept)
 
 
@@ -172,9 +173,7 @@ class Schedule:
         Raises:
             ValueError: the counter this schedule needs (``unit``) is missing or negative.
         """
-        counter = epoch if self.unit == "epoch" else step
-        if counter is None or counter < 0:
-            raise ValueError(f"{type(self).__name__} is driven by {self.unit}s: pass {self.unit}=<int >= 0> to step()")
+        self._counter(epoch, step)
         if self._groups is None:
             self._groups = self._resolve(model)
         if self._pending is not None:
@@ -199,6 +198,13 @@ class Schedule:
             self.history.append(change)
             log.info("%s %s", type(self).__name__, change)
         return change
+
+    def _counter(self, epoch: int | None, step: int | None) -> int:
+        """The counter ``unit`` names, given and >= 0 (``step`` checks it before it calls ``plan``)."""
+        counter = epoch if self.unit == "epoch" else step
+        if counter is None or counter < 0:
+            raise ValueError(f"{type(self).__name__} is driven by {self.unit}s: pass {self.unit}=<int >= 0> to step()")
+        return counter
 
     def frozen_upto(self) -> str | None:
         """The module that ends the frozen prefix of groups (e.g. ``"encoder.layer.3"``), or None.

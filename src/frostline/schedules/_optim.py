@@ -53,13 +53,14 @@ def scale_lr(optimizer: torch.optim.Optimizer, model: nn.Module, factors: dict[s
                 optimizer.param_groups.append(part)
     for group in optimizer.param_groups:
         found = {wanted.get(id(p)) for p in group["params"]}
-        if len(found) != 1 or None in found:  # empty, or holds parameters the schedule does not manage
+        entry = found.pop() if len(found) == 1 else None
+        if entry is None:  # empty, mixed, or holds parameters the schedule does not manage
             if GROUP in group:  # ...that it scaled before: give the group its unscaled lr back
                 group["lr"] = _unscaled(group)
                 for key in (GROUP, BASE_LR, LAST_LR):
                     group.pop(key, None)
             continue
-        (label, factor), base = found.pop(), _unscaled(group)
+        (label, factor), base = entry, _unscaled(group)
         group[GROUP], group[BASE_LR], group["lr"] = label, base, base * factor
         group[LAST_LR] = group["lr"]
 

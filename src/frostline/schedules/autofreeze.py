@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ._base import Plan, Schedule
+from ._base import Change, Plan, Schedule
 
 __all__ = ["AutoFreeze"]
 
@@ -71,12 +71,13 @@ class AutoFreeze(Schedule):
         self._params: list[list[torch.Tensor]] = []
 
     def step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-             epoch: int | None = None, step: int | None = None):
+             epoch: int | None = None, step: int | None = None) -> Change | None:
         if optimizer is not None:  # gradient norms are read when this optimizer steps; without one, nothing freezes
             self._watch(model, optimizer)
         return super().step(model, optimizer, epoch=epoch, step=step)
 
     def plan(self, epoch: int | None, step: int | None) -> Plan:
+        step = self._counter(epoch, step)
         reason = ""
         if step > 0 and step % self.every_n_steps == 0 and step != self._last_eval:
             reason = self._decide()
@@ -102,7 +103,8 @@ class AutoFreeze(Schedule):
             self._acc = [0.0] * len(self._params)
         me = weakref.ref(self)
 
-        def accumulate(opt, args, kwargs) -> None:  # runs right after each optimizer step: grads are complete
+        # runs right after each optimizer step: grads are complete
+        def accumulate(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             schedule = me()
             if schedule is not None:
                 schedule._accumulate()

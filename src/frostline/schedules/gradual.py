@@ -49,6 +49,7 @@ class GradualUnfreeze(Schedule):
         self.every, self.lr_divisor = every, lr_divisor
 
     def plan(self, epoch: int | None, step: int | None) -> Plan:
+        epoch = self._counter(epoch, step)
         n = len(self.groups)
         training = min(epoch // self.every + 1, n)
         frozen = frozenset(range(n - training))

@@ -174,6 +174,7 @@ class LayerwiseSampling(Schedule):
         return self._pending is not None or step // self.every != self._interval
 
     def plan(self, epoch: int | None, step: int | None) -> Plan:
+        step = self._counter(epoch, step)
         target = step // self.every
         if target < self._interval:  # stepped back without a checkpoint: replay the draws from the seed
             self._generator.manual_seed(self.seed)
@@ -192,14 +193,15 @@ class LayerwiseSampling(Schedule):
              epoch: int | None = None, step: int | None = None) -> Change | None:
         """:meth:`Schedule.step`, with ``step=`` required: draws when a new interval starts, and with
         ``optimizer_state="cpu"`` parks the state of blocks that freeze and brings back that of blocks that return."""
-        parking = self.optimizer_state == "cpu" and optimizer is not None
-        if parking:
-            self._hook(optimizer)
+        parking = optimizer if self.optimizer_state == "cpu" else None  # the optimizer whose state blocks park
+        if parking is not None:
+            self._hook(parking)
         # state of the block parameters that train now, held before sync frees it, in case their block freezes
-        held = self._held(model, optimizer) if parking and step is not None and self.resamples_at(step) else None
+        held = self._held(model, parking) if parking is not None and step is not None and self.resamples_at(step) \
+            else None
         change = super().step(model, optimizer, epoch=epoch, step=step)
-        if change is not None and parking:
-            self._park(model, optimizer, held or {}, change.frozen, change.unfrozen)
+        if change is not None and parking is not None:
+            self._park(model, parking, held or {}, change.frozen, change.unfrozen)
         if change is not None and self.recompute_frozen:
             self._recompute(model)
         return change

@@ -64,6 +64,7 @@ class ProgressiveFreeze(Schedule):
         return [scale(self.t0 + (1 - self.t0) * i / max(n - 1, 1)) if n > 1 else 1.0 for i in range(n)]
 
     def plan(self, epoch: int | None, step: int | None) -> Plan:
+        step = self._counter(epoch, step)
         if self.total_steps is None:
             raise ValueError("ProgressiveFreeze needs total_steps (optimizer steps in training): pass it to the "
                              "constructor, or let the Lightning or transformers FreezeCallback fill it in")

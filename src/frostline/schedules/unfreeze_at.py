@@ -51,6 +51,7 @@ class UnfreezeAt(Schedule):
         self.epoch, self.lr_factor, self.warmup_epochs = epoch, lr_factor, warmup_epochs
 
     def plan(self, epoch: int | None, step: int | None) -> Plan:
+        epoch = self._counter(epoch, step)
         if epoch < self.epoch:
             return Plan(frozenset({0}), reason=f"trains from epoch {self.epoch}")
         factor = self.lr_factor

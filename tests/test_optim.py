@@ -218,6 +218,17 @@ def test_sync_lr_factor_adds_a_group_like_lightning():
         sync(opt, model, lr_factor=-1)
 
 
+def test_sync_lr_factor_without_any_lr_says_so():
+    class NoLr(torch.optim.Optimizer):  # an optimizer whose defaults hold no lr (a schedule-free one, say)
+        def __init__(self, params):
+            super().__init__(params, {})
+
+    model = freeze(small_cnn(), "features")
+    opt = NoLr(filter(lambda p: p.requires_grad, model.parameters()))
+    with pytest.raises(FrostlineError, match="neither their group nor NoLr's defaults hold an lr"):
+        sync(opt, unfreeze(model, "features"), lr_factor=0.1)
+
+
 def test_sync_keeps_foreign_trainable_parameters():
     model = small_cnn()
     temperature = nn.Parameter(torch.ones(()))

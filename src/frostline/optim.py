@@ -21,9 +21,9 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ __all__ = ["param_groups", "optimizer", "sync", "SyncReport"]
 
 _NORMS = tuple(t for t in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
                            getattr(nn, "RMSNorm", None)) if t is not None)
+_Optimizer = TypeVar("_Optimizer", bound=torch.optim.Optimizer)  # optimizer() returns what the class builds
 _RULE = "_frostline_rule"  # optimizer attribute set by optimizer(): how sync places parameters that start training
 PARKED = "frostline_parked"  # group key: logical names of parameters that left this group when they were frozen
 # Per optimizer: the model parameters it was built with or synced to (id -> weakref, logical name). A parameter that
@@ -64,8 +65,8 @@ class _Rule:
         n_layers = 1 + max(depth.values(), default=0)
         mult: dict[str, float] = {}
         for spec, factor in self.lr_mult.items():
-            for name in select(model, spec):
-                mult[name] = mult.get(name, 1.0) * factor
+            for selected in select(model, spec):
+                mult[selected] = mult.get(selected, 1.0) * factor
         out = {}
         for real, param in model.named_parameters():
             if not param.requires_grad:
@@ -172,10 +173,10 @@ def _build(rule: _Rule, model: nn.Module) -> list[dict[str, Any]]:
     return list(groups.values())
 
 
-def optimizer(model: nn.Module, optimizer_cls: type[torch.optim.Optimizer], lr: float | None = None,
+def optimizer(model: nn.Module, optimizer_cls: Callable[..., _Optimizer], lr: float | None = None,
               weight_decay: float | None = None, no_decay: Sequence[str] = ("bias", "norm"),
               layer_decay: float | None = None, lr_mult: Mapping[Spec, float] | None = None,
-              **kwargs: Any) -> torch.optim.Optimizer:
+              **kwargs: Any) -> _Optimizer:
     """Build ``optimizer_cls`` over :func:`param_groups` (same arguments); ``kwargs`` go to the optimizer.
 
     ``lr`` and ``weight_decay`` default to the class's own defaults (AdamW: 1e-3 and 0.01, SGD: 1e-3 and 0); a
@@ -240,7 +241,7 @@ def _default(cls: Any, argument: str) -> Any:
     return None if param is None or param.default is param.empty else param.default
 
 
-def _accepts(cls: type, argument: str) -> bool:
+def _accepts(cls: Callable[..., Any], argument: str) -> bool:
     try:
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):
@@ -449,7 +450,12 @@ def _join(optimizer: torch.optim.Optimizer, model: nn.Module, fresh: list[tuple[
             template = {k: v for k, v in (group or hyper).items()
                         if k not in ("params", "param_names", "name", "initial_lr") and not k.startswith("frostline")}
             if lr_factor is not None:
-                template["lr"] = template.get("lr", optimizer.defaults.get("lr")) * lr_factor
+                base_lr = template.get("lr", optimizer.defaults.get("lr"))
+                if base_lr is None:
+                    raise FrostlineError(f"sync(lr_factor={lr_factor}) scales the lr of the parameters that join as "
+                                         f"{label!r}, but neither their group nor {type(optimizer).__name__}'s "
+                                         "defaults hold an lr; give the optimizer an lr, or pass no lr_factor")
+                template["lr"] = base_lr * lr_factor
                 label = _unique(optimizer, f"{label}/unfrozen")
             new = {**template, "name": label, "params": [p for _, p in members]}
             if "initial_lr" in optimizer.param_groups[0]:  # an LR scheduler was made: it resumes only with one

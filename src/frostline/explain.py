@@ -139,8 +139,12 @@ class Explanation:
         if self.kept:  # lean frozen modules: say what they keep instead of their input
             keys = {what: f"[{i}]" for i, what in enumerate(dict.fromkeys(self.kept.values()), 1)}
             headers.append("lean: kept for backward" if width is None else "lean")
-            body = [line + [self.kept.get(r.name, "") if width is None else keys.get(self.kept.get(r.name), "")]
-                    for line, r in zip(body, self.rows, strict=False)]
+
+            def lean_cell(name: str) -> str:  # what the module keeps, inline or as its legend key
+                what = self.kept.get(name)
+                return "" if what is None else what if width is None else keys[what]
+
+            body = [line + [lean_cell(r.name)] for line, r in zip(body, self.rows, strict=False)]
             footer = [line + [""] for line in footer]
             if width is not None:
                 legend = ["lean: kept for backward", *(paragraph(f"{key} {what}", width, "    ")
@@ -400,7 +404,7 @@ def _default_loss(output: Any) -> Tensor:
     if not leaves:
         raise TypeError(f"the model returned no floating-point tensor ({type(output).__name__}); pass loss_fn= "
                         "to turn its output into a scalar loss")
-    return sum(t.float().sum() for t in leaves)
+    return sum((t.float().sum() for t in leaves[1:]), leaves[0].float().sum())
 
 
 def _measure(model: nn.Module, args: tuple, kwargs: dict,

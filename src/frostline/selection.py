@@ -16,7 +16,7 @@ import difflib
 import fnmatch
 import re
 from collections.abc import Callable, Sequence
-from typing import Union
+from typing import Any, Union
 
 from torch import Tensor, nn
 
@@ -91,7 +91,7 @@ def _beneath(universe: _Universe, roots: list[nn.Module]) -> set[int]:
     return hit
 
 
-def _match(universe: _Universe, spec) -> set[int]:
+def _match(universe: _Universe, spec: Any) -> set[int]:  # Any: whatever the user passed, checked here
     if isinstance(spec, str):
         if spec.startswith("!"):
             raise SelectionError(f"exclusion {spec!r} needs a list beside what it excludes from, e.g. ['*', {spec!r}]")
@@ -106,7 +106,7 @@ def _match(universe: _Universe, spec) -> set[int]:
         hit = _by_name(universe, lambda name: spec.fullmatch(name) is not None)
         what, spec = f"regex {spec.pattern!r}", spec.pattern
     elif isinstance(spec, type) or (isinstance(spec, tuple) and spec and all(isinstance(t, type) for t in spec)):
-        roots = [m for _, m in universe.model.named_modules() if isinstance(m, spec)]
+        roots = [m for m in universe.model.modules() if isinstance(m, spec)]
         hit = _beneath(universe, roots)
         names = spec.__name__ if isinstance(spec, type) else ", ".join(t.__name__ for t in spec)
         if not hit:

@@ -144,8 +144,10 @@ def spectrum(model: nn.Module, fraction: float = 0.25, spec: Spec = "*") -> list
     for members in kinds.values():
         keep = math.floor(len(members) * fraction + 1e-9)
         if 0 < keep < len(members):  # scores matter only when some of the kind are chosen and some not
-            members = sorted((-snr(tensors[name]), position, name) for position, name in members)
-        chosen += [name for *_, name in members[:keep]]
+            ranked = sorted((-snr(tensors[name]), position, name) for position, name in members)
+            chosen += [name for *_, name in ranked[:keep]]
+        else:
+            chosen += [name for _, name in members[:keep]]
     if not chosen:
         if not kinds:
             raise ValueError("spec selects no weight matrix (2-D parameter) to rank")

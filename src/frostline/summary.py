@@ -9,10 +9,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ._state import get_partial, named_logical_parameters, trainable_count
 from ._table import WIDTH, brief, human_bytes, human_count, render
@@ -80,7 +81,7 @@ class Summary:
         return f"Summary(total={self.total}, trainable={self.trainable}, frozen={self.frozen})"
 
 
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer, params=None) -> int:
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer, params: Iterable[Tensor] | None = None) -> int:
     """Bytes of tensors the optimizer keeps in its state (for ``params`` only, if given; by identity)."""
     wanted = None if params is None else {id(p) for p in params}
     total = 0
@@ -123,17 +124,18 @@ def summary(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) ->
             row.strategies.append(f"{name.partition('.')[2] or name} ({partial.strategy})")
     for name, param in model.named_parameters():
         owner_of_storage[id(param)] = name.split(".")[0] if "." in name else "(root)"
-    total_opt = None
+    total_opt: int | None = None
     if optimizer is not None:
         total_opt = 0
-        for row in rows.values():
-            row.optimizer_bytes = 0
-        for param in optimizer.state:
-            top = owner_of_storage.get(id(param))
-            size = optimizer_state_bytes(optimizer, [param])
+        spent = {top: 0 for top in rows}
+        for held in optimizer.state:
+            owner = owner_of_storage.get(id(held))
+            size = optimizer_state_bytes(optimizer, [held])
             total_opt += size
-            if top is not None:
-                rows[top].optimizer_bytes += size
+            if owner is not None:
+                spent[owner] += size
+        for top, row in rows.items():
+            row.optimizer_bytes = spent[top]
     trainable = sum(r.trainable for r in rows.values())
     frozen = sum(r.frozen for r in rows.values())
     return Summary(list(rows.values()), trainable + frozen, trainable, frozen, total_opt)

@@ -26,7 +26,8 @@ def _memory_order(t: Tensor) -> tuple[int, ...] | None:
     """A permutation under which ``t`` is contiguous (None when it already is, or when no permutation works)."""
     if t.is_contiguous():
         return None
-    order = tuple(sorted(range(t.dim()), key=lambda d: -t.stride(d)))
+    strides = t.stride()
+    order = tuple(sorted(range(t.dim()), key=lambda d: -strides[d]))
     return order if t.permute(order).is_contiguous() else None
 
 

@@ -16,6 +16,9 @@ output for Tanh/Sigmoid, which the next layer may hold anyway).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd import Function
@@ -34,7 +37,8 @@ class _Gate(Function):
     """``y = f(x)`` for a gated activation; backward needs only where the gate is open."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, kind: str, a: float, b: float | None, inplace: bool) -> Tensor:
+    def forward(ctx: Any, x: Tensor, kind: str, a: float, b: float, inplace: bool) -> Tensor:
+        # a: LeakyReLU's slope or Hardtanh's min; b: Hardtanh's max (the others pass 0.0)
         if kind == "relu":
             y = F.relu(x, inplace)
             # the gate is open where y != 0, as in threshold_backward (NaN passes, -0.0 does not), and
@@ -63,32 +67,32 @@ class _Gate(Function):
         return mask.bitwise_and_(grad.view(as_int)).view(grad.dtype), None, None, None, None
 
 
-def relu_forward(module: nn.ReLU, *args, **kwargs) -> Tensor:
+def relu_forward(module: nn.ReLU, *args: Any, **kwargs: Any) -> Tensor:
     """Lean forward of a ReLU."""
     x = args[0] if args else kwargs.get("input")
-    if not wants_lean(module, x) or x.element_size() not in _bits.INT_OF:
+    if not isinstance(x, Tensor) or not wants_lean(module, x) or x.element_size() not in _bits.INT_OF:
         return plain(module, *args, **kwargs)
-    return _Gate.apply(x, "relu", 0.0, None, module.inplace)
+    return _Gate.apply(x, "relu", 0.0, 0.0, module.inplace)
 
 
-def hardtanh_forward(module: nn.Hardtanh, *args, **kwargs) -> Tensor:
+def hardtanh_forward(module: nn.Hardtanh, *args: Any, **kwargs: Any) -> Tensor:
     """Lean forward of a Hardtanh / ReLU6."""
     x = args[0] if args else kwargs.get("input")
-    if not wants_lean(module, x) or x.element_size() not in _bits.INT_OF:
+    if not isinstance(x, Tensor) or not wants_lean(module, x) or x.element_size() not in _bits.INT_OF:
         return plain(module, *args, **kwargs)
     return _Gate.apply(x, "hardtanh", float(module.min_val), float(module.max_val), module.inplace)
 
 
-def leaky_relu_forward(module: nn.LeakyReLU, *args, **kwargs) -> Tensor:
+def leaky_relu_forward(module: nn.LeakyReLU, *args: Any, **kwargs: Any) -> Tensor:
     """Lean forward of a LeakyReLU."""
     x = args[0] if args else kwargs.get("input")
     if not wants_lean(module, x):
         return plain(module, *args, **kwargs)
-    return _Gate.apply(x, "leaky", float(module.negative_slope), None, module.inplace)
+    return _Gate.apply(x, "leaky", float(module.negative_slope), 0.0, module.inplace)
 
 
 BITS = "a 1-bit mask per element; not the input or output"
-COVERS = [
+COVERS: list[tuple[type[nn.Module], Callable[..., Tensor] | None, str]] = [
     (nn.ReLU, relu_forward, BITS),
     (nn.Hardtanh, hardtanh_forward, BITS),  # ReLU6 is a Hardtanh
     (nn.LeakyReLU, leaky_relu_forward, BITS),

@@ -11,6 +11,9 @@ reflect/replicate-padded conv pads through a function that keeps only the input'
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -84,16 +87,20 @@ def _padded(module: nn.modules.conv._ConvNd, x: Tensor) -> tuple[Tensor, tuple[i
     return F.pad(x, pads), (0,) * nd  # 'same' with an even kernel pads one side more
 
 
-def conv_forward(module: nn.modules.conv._ConvNd, *args, **kwargs) -> Tensor:
+def conv_forward(module: nn.modules.conv._ConvNd, *args: Any, **kwargs: Any) -> Tensor:
     """Lean forward of a frozen Conv/ConvTranspose (installed as the instance's ``forward``)."""
     x = args[0] if args else kwargs.get("input")
-    if not wants_lean(module, x) or (module.transposed and module.padding_mode != "zeros"):
+    if (not isinstance(x, Tensor) or not wants_lean(module, x)
+            or (module.transposed and module.padding_mode != "zeros")):
         return plain(module, *args, **kwargs)
     nd = len(module.kernel_size)
-    if module.transposed:
+    output_padding: Sequence[int]
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):  # module.transposed
         output_size = args[1] if len(args) > 1 else kwargs.get("output_size")
-        output_padding = module._output_padding(x, output_size, module.stride, module.padding,
-                                                module.kernel_size, nd, module.dilation)
+        # torch annotates the geometry list[int], and its own ConvTranspose forwards pass these tuples too
+        output_padding = module._output_padding(
+            x, output_size, module.stride, module.padding, module.kernel_size,  # type: ignore[arg-type]
+            nd, module.dilation)  # type: ignore[arg-type]
         padding = tuple(module.padding)
     else:
         x, padding = _padded(module, x)
@@ -104,5 +111,6 @@ def conv_forward(module: nn.modules.conv._ConvNd, *args, **kwargs) -> Tensor:
 
 
 KEEPS = "the weight (a parameter, already resident); not the input"
-COVERS = [(cls, conv_forward, KEEPS) for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
-                                                 nn.ConvTranspose2d, nn.ConvTranspose3d)]
+COVERS: list[tuple[type[nn.Module], Callable[..., Tensor] | None, str]] = [
+    (cls, conv_forward, KEEPS)
+    for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)]

@@ -18,6 +18,8 @@ the lean form keeps the original and upcasts it in backward (exact), and calls P
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,16 +49,16 @@ class _BatchNormEval(Function):
         return cast(grad * scale.view([1, -1] + [1] * (ctx.dims - 2)), grad.dtype), None, None, None, None, None
 
 
-def batchnorm_forward(module: nn.modules.batchnorm._BatchNorm, *args, **kwargs) -> Tensor:
+def batchnorm_forward(module: nn.modules.batchnorm._BatchNorm, *args: Any, **kwargs: Any) -> Tensor:
     """Lean forward of a BatchNorm in eval form; in training form (batch statistics) it is PyTorch's."""
     x = args[0] if args else kwargs.get("input")
-    if not wants_lean(module, x) or module.training or module.running_var is None:
+    if not isinstance(x, Tensor) or not wants_lean(module, x) or module.training or module.running_var is None:
         return plain(module, *args, **kwargs)
     module._check_input_dim(x)
     return _BatchNormEval.apply(x, module.running_mean, module.running_var, module.weight, module.bias, module.eps)
 
 
-def _compute_dtype(x: Tensor, probe) -> torch.dtype:
+def _compute_dtype(x: Tensor, probe: Callable[[], Tensor]) -> torch.dtype:
     """The dtype the plain op would compute in: autocast may run a norm in float32 on a half-precision input."""
     kind = x.device.type
     if kind in ("cpu", "cuda", "xpu", "mps", "hpu") and torch.is_autocast_enabled(kind):
@@ -82,10 +84,10 @@ class _LayerNorm(Function):
         return cast(gx, x.dtype), None, None, None, None, None
 
 
-def layernorm_forward(module: nn.LayerNorm, *args, **kwargs) -> Tensor:
+def layernorm_forward(module: nn.LayerNorm, *args: Any, **kwargs: Any) -> Tensor:
     """Lean forward of a frozen LayerNorm."""
     x = args[0] if args else kwargs.get("input")
-    if not wants_lean(module, x):
+    if not isinstance(x, Tensor) or not wants_lean(module, x):
         return plain(module, *args, **kwargs)
     shape, eps = tuple(module.normalized_shape), module.eps
     dtype = _compute_dtype(x, lambda: F.layer_norm(x.new_empty((1, *shape)), shape, module.weight, module.bias, eps))
@@ -117,10 +119,10 @@ class _GroupNorm(Function):
         return cast(gx, x.dtype), None, None, None, None, None
 
 
-def groupnorm_forward(module: nn.GroupNorm, *args, **kwargs) -> Tensor:
+def groupnorm_forward(module: nn.GroupNorm, *args: Any, **kwargs: Any) -> Tensor:
     """Lean forward of a frozen GroupNorm."""
     x = args[0] if args else kwargs.get("input")
-    if not wants_lean(module, x) or x.dim() < 2:
+    if not isinstance(x, Tensor) or not wants_lean(module, x) or x.dim() < 2:
         return plain(module, *args, **kwargs)
     groups, eps = module.num_groups, module.eps
     dtype = _compute_dtype(x, lambda: F.group_norm(x.new_empty((1, x.shape[1])), groups, module.weight,
@@ -131,7 +133,7 @@ def groupnorm_forward(module: nn.GroupNorm, *args, **kwargs) -> Tensor:
 
 
 _BN_KEEPS = "nothing new: its per-channel scale, from the resident running variance and weight; not the input"
-COVERS = [
+COVERS: list[tuple[type[nn.Module], Callable[..., Tensor] | None, str]] = [
     (nn.modules.batchnorm._BatchNorm, batchnorm_forward, _BN_KEEPS),
     (nn.SyncBatchNorm, batchnorm_forward, _BN_KEEPS),
     (nn.LayerNorm, layernorm_forward, "the input as it arrived (never an autocast copy) and per-row mean/rstd"),

@@ -9,6 +9,8 @@ average pool to size 1 is a mean, for which PyTorch keeps nothing already.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -93,10 +95,10 @@ def _params(module: nn.Module, kind: str, nd: int) -> tuple:
     return (module.output_size,)
 
 
-def pool_forward(kind: str, nd: int, module: nn.Module, *args, **kwargs) -> Tensor:
+def pool_forward(kind: str, nd: int, module: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
     """Lean forward of a pooling module (installed as ``partial(pool_forward, kind, nd, module)``)."""
     x = args[0] if args else kwargs.get("input")
-    if not wants_lean(module, x) or getattr(module, "return_indices", False):
+    if not isinstance(x, Tensor) or not wants_lean(module, x) or getattr(module, "return_indices", False):
         return plain(module, *args, **kwargs)
     if kind == "adaptive_avg" and all(s == 1 for s in _ntuple(nd)(module.output_size)):
         return plain(module, *args, **kwargs)  # a mean: PyTorch keeps nothing for it
@@ -109,5 +111,6 @@ _KINDS = {"max": (INDICES, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d),
           "adaptive_max": (INDICES, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d),
           "avg": (NOTHING, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d),
           "adaptive_avg": (NOTHING, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)}
-COVERS = [(cls, functools.partial(pool_forward, kind, nd), keeps)
-          for kind, (keeps, *classes) in _KINDS.items() for nd, cls in enumerate(classes, 1)]
+COVERS: list[tuple[type[nn.Module], Callable[..., Tensor] | None, str]] = [
+    (cls, functools.partial(pool_forward, kind, nd), keeps)
+    for kind, (keeps, *classes) in _KINDS.items() for nd, cls in enumerate(classes, 1)]

@@ -119,6 +119,14 @@ def test_trainer_created_optimizer_works_and_warns_about_resume(dataset, tmp_pat
     assert in_optimizer == {id(p) for p in model.parameters()}  # the unfrozen encoder joined the Trainer's optimizer
 
 
+def test_callback_called_without_a_model_says_so():
+    from transformers import TrainerControl, TrainerState
+
+    callback = FreezeCallback(GradualUnfreeze())
+    with pytest.raises(frostline.FrostlineError, match="on_epoch_begin got no model"):
+        callback.on_epoch_begin(None, TrainerState(epoch=0.0), TrainerControl())
+
+
 def checkpointed(model: BertModel, reentrant: bool) -> BertModel:
     """Gradient checkpointing on, and no input-grad hook (transformers < 5 installs none; 5.x does)."""
     enable = getattr(model, "activation_checkpointing_enable", None)

@@ -122,13 +122,13 @@ def _package_file(dist: str, relative: str, what: str, root: str | Path | None) 
                                  f"root=None to read the one installed by {_pip(dist)}")
         return path
     try:
-        path = Path(str(metadata.distribution(dist).locate_file(relative)))
+        installed: Path | None = Path(str(metadata.distribution(dist).locate_file(relative)))
     except metadata.PackageNotFoundError:
-        path = None
-    if path is None or not path.is_file():
+        installed = None
+    if installed is None or not installed.is_file():
         raise DatasetMissing(f"{what} is read from a data file of the {dist} package, which is not installed: "
                              f"run `{_pip(dist)}` (or `make setup`)")
-    return path
+    return installed
 
 
 def _split(rows: list[tuple[str, int]], n: int | None, seed: int) -> list[tuple[str, int]]:
@@ -244,7 +244,8 @@ def fashion_mnist(n_train: int | None = None, n_test: int | None = None, *, seed
             raise FrostlineError(f"{str(where)!r} holds {len(images)} {prefix} images but {len(labels)} labels")
         keep = torch.tensor(stratified(labels.tolist(), n, seed), dtype=torch.long)
         out += [images[keep], labels[keep]]
-    return ImageSplits(*out, classes=list(FASHION_CLASSES))
+    train_images, train_labels, test_images, test_labels = out
+    return ImageSplits(train_images, train_labels, test_images, test_labels, classes=list(FASHION_CLASSES))
 
 
 def _read_idx(path: Path, dims: int, default_root: bool) -> Tensor:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +71,7 @@ def load_sentences() -> TextSplits:
     return TextSplits(pick("train"), pick("test"), classes)
 
 
-def load_encoder(path: str | Path | None = None) -> tuple[nn.Module, object]:
+def load_encoder(path: str | Path | None = None) -> tuple[nn.Module, Callable[..., Any]]:
     """A transformers encoder and its tokenizer, offline (default: the pretrained all-MiniLM-L6-v2).
 
     The pooler is dropped: the demo pools the token states itself, and an unused pooler would count as
@@ -85,7 +85,7 @@ def load_encoder(path: str | Path | None = None) -> tuple[nn.Module, object]:
 
 
 @functools.lru_cache(maxsize=1)
-def _pretrained(path: str | None) -> tuple[nn.Module, object]:
+def _pretrained(path: str | None) -> tuple[nn.Module, Callable[..., Any]]:
     """Load once per process (the demo and the benchmark cases all start from it); callers must not modify it."""
     from .models import minilm_path
 
@@ -115,11 +115,12 @@ class TextClassifier(nn.Module):
     sentence instead of one per token.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int):
+    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
         super().__init__()
         self.backbone = backbone
         self.pool = MeanPool()
-        self.head = nn.Linear(backbone.config.hidden_size, num_classes)
+        config: Any = backbone.config  # a transformers config (torch types a module's attributes as Tensor | Module)
+        self.head = nn.Linear(config.hidden_size, num_classes)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -277,7 +278,9 @@ def _runs(pristine: nn.Module, num_classes: int, lr: float, seed: int) -> list[_
         torch.manual_seed(seed)
         return TextClassifier(copy.deepcopy(pristine), num_classes).train()
 
-    full, partial, probe = classifier(), freeze(classifier(), FROZEN_PREFIX), freeze(classifier(), "backbone")
+    full, partial, probe = classifier(), classifier(), classifier()
+    freeze(partial, FROZEN_PREFIX)
+    freeze(probe, "backbone")
     # freeze() keeps a fully frozen module in eval, BERT's self-attention (which drops attention weights under
     # its own training flag) included, so the cached prefix is deterministic. Held-out rows get a cache of their
     # own: their ids are row numbers of the held-out set, and the training cache's size stays what it trained on

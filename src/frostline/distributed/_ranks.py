@@ -20,7 +20,7 @@ from ..partial._base import is_dtensor
 from ._wrap import _require_process_group, _wrappers_of
 
 if TYPE_CHECKING:
-    from ..audit import Finding, Findings
+    from ..audit import Finding, Findings, Severity
 
 
 _INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -151,7 +151,7 @@ def _stale_buckets(wrappers: list[tuple[DistributedDataParallel, dict[int, str] 
             parts.append(f"{len(stalled)} parameters are in a bucket but no longer train"
                          + ("" if wrapper.find_unused_parameters else
                             ", so the next step fails with 'Expected to have finished reduction'"))
-        severity = "error" if outside or not wrapper.find_unused_parameters else "warning"
+        severity: Severity = "error" if outside or not wrapper.find_unused_parameters else "warning"
         found.append(Finding("ddp-stale-buckets", severity, outside + stalled,
                              f"the trainable set changed after DistributedDataParallel was built: {'; '.join(parts)}",
                              "drop the wrapper and wrap again (DDP buckets what trains when it is built); "

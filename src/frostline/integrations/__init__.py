@@ -13,10 +13,12 @@ attribute (``frostline.integrations.lightning.FreezeCallback`` after a bare ``im
 'False False'
 """
 
+from types import ModuleType
+
 _FRAMEWORKS = ("lightning", "transformers")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> ModuleType:
     if name in _FRAMEWORKS:  # the framework is imported here, on first use, not with frostline
         import importlib
 

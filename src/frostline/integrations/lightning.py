@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-try:
+if TYPE_CHECKING:  # one package's types: the older one's classes have the same names and roles
     from lightning.pytorch import Callback, LightningModule, Trainer
-except ImportError:  # only the older package name may be installed
+else:
     try:
-        from pytorch_lightning import Callback, LightningModule, Trainer  # type: ignore[no-redef]
-    except ImportError as exc:
-        raise ImportError("frostline.integrations.lightning needs lightning: pip install 'frostline[lightning]'") \
-            from exc
+        from lightning.pytorch import Callback, LightningModule, Trainer
+    except ImportError:  # only the older package name may be installed
+        try:
+            from pytorch_lightning import Callback, LightningModule, Trainer
+        except ImportError as exc:
+            raise ImportError("frostline.integrations.lightning needs lightning: pip install "
+                              "'frostline[lightning]'") from exc
 
 from ..schedules import Schedule
 from ..selection import Spec
@@ -54,7 +57,7 @@ class FreezeCallback(Callback):
     Only the first optimizer is driven; with several, the others are left alone (a warning says so).
     """
 
-    def __init__(self, schedule_or_spec: Schedule | Spec):
+    def __init__(self, schedule_or_spec: Schedule | Spec) -> None:
         self.schedule = as_schedule(schedule_or_spec)
         self._warned = False
 

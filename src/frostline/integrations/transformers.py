@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ from ..schedules import Schedule
 from ..schedules._optim import track_names
 from ..selection import Spec, select
 from ._common import Hold, as_schedule
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["FreezeCallback", "embedding_names", "layer_names", "freeze_embeddings", "freeze_first_layers",
            "fix_checkpointing"]
@@ -130,7 +133,7 @@ def fix_checkpointing(model: nn.Module) -> bool:
         return False
     if getattr(model, "_require_grads_hooks", None) or getattr(model, "_require_grads_hook", None):
         return False
-    model.enable_input_require_grads()
+    cast("PreTrainedModel", model).enable_input_require_grads()  # a transformers model: it has both found above
     log.warning("gradient checkpointing with frozen input embeddings: called model.enable_input_require_grads() "
                 "so the checkpointed blocks still get gradients. HINT: non-reentrant checkpointing needs no fix "
                 "and skips backward through frozen layers: model.gradient_checkpointing_enable("
@@ -166,6 +169,20 @@ def _unwrap(optimizer: Any) -> torch.optim.Optimizer | None:
     return optimizer
 
 
+def _given(model: nn.Module | None, event: str) -> nn.Module:
+    """The model the Trainer passes to ``event`` (it passes one to every training event)."""
+    if model is None:
+        raise FrostlineError(f"FreezeCallback.{event} got no model, so it cannot apply the schedule; pass "
+                             "model= as the Trainer does")
+    return model
+
+
+def _callback_states(state: TrainerState) -> dict[str, Any]:
+    """``state.stateful_callbacks``: a dict by callback name once the state is built (transformers annotates the
+    field with the list its constructor also accepts)."""
+    return cast(dict[str, Any], state.stateful_callbacks)
+
+
 class FreezeCallback(TrainerCallback):
     """Apply a schedule (or keep a spec frozen) in a ``transformers.Trainer``; a thin shell over the schedule.
 
@@ -187,7 +204,7 @@ class FreezeCallback(TrainerCallback):
         schedule_or_spec: a :class:`frostline.schedules.Schedule`, or a selector spec to keep frozen throughout.
     """
 
-    def __init__(self, schedule_or_spec: Schedule | Spec):
+    def __init__(self, schedule_or_spec: Schedule | Spec) -> None:
         self.schedule = as_schedule(schedule_or_spec)
         self._given_optimizer = False
 
@@ -203,16 +220,17 @@ class FreezeCallback(TrainerCallback):
             return
         if self.schedule.unit == "epoch":
             self.schedule.step(model, None, epoch=0, step=0)
+        optimizer = _unwrap(optimizer)
         if optimizer is not None:
-            track_names(_unwrap(optimizer), model)
+            track_names(optimizer, model)
             self._given_optimizer = True
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: nn.Module | None = None, optimizer: Any = None, **kwargs: Any) -> None:
-        optimizer = _unwrap(optimizer)
+        model, optimizer = _given(model, "on_train_begin"), _unwrap(optimizer)
         if self.schedule.total_steps is None and state.max_steps > 0:
             self.schedule.total_steps = state.max_steps
-        saved = (state.stateful_callbacks or {}).get(STATE_KEY) if state.global_step > 0 else None
+        saved = (_callback_states(state) or {}).get(STATE_KEY) if state.global_step > 0 else None
         if saved is not None:
             self.schedule.load_state_dict(saved)
             self.schedule.restore(model, optimizer)
@@ -227,16 +245,16 @@ class FreezeCallback(TrainerCallback):
     def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: nn.Module | None = None, optimizer: Any = None, **kwargs: Any) -> None:
         if self.schedule.unit == "epoch":
-            self._step(state, model, optimizer)
+            self._step(state, _given(model, "on_epoch_begin"), optimizer)
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                       model: nn.Module | None = None, optimizer: Any = None, **kwargs: Any) -> None:
         if self.schedule.unit == "step":
-            self._step(state, model, optimizer)
+            self._step(state, _given(model, "on_step_begin"), optimizer)
 
     def _keep(self, state: TrainerState, control: TrainerControl) -> None:
         if control.should_save:  # the Trainer writes trainer_state.json right after this event
-            state.stateful_callbacks[STATE_KEY] = self.schedule.state_dict()
+            _callback_states(state)[STATE_KEY] = self.schedule.state_dict()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:

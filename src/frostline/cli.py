@@ -9,10 +9,15 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._table import WIDTH
 from .errors import FrostlineError
+
+if TYPE_CHECKING:  # for annotations only: each command imports what it needs when it runs
+    from pathlib import Path
+
+    from torch import Tensor, nn
 
 __all__ = ["main"]
 
@@ -26,6 +31,10 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+if TYPE_CHECKING:
+    _Subparsers = argparse._SubParsersAction[_Parser]  # what main's parser.add_subparsers returns
 
 
 def _model_argument(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +65,7 @@ def _kwargs(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_and_freeze(args: argparse.Namespace, check: Callable | None = None):
+def load_and_freeze(args: argparse.Namespace, check: Callable[[nn.Module], None] | None = None) -> nn.Module:
     """The model named on the command line, with its ``--freeze`` specs applied; ``check(model)`` runs before
     freezing, on the model as its code built it."""
     from . import freeze
@@ -96,7 +105,7 @@ def _no_loading_bar(name: str) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _example(model, batch: int, seq_len: int, image_size: int) -> tuple[tuple, dict, str]:
+def _example(model: nn.Module, batch: int, seq_len: int, image_size: int) -> tuple[tuple, dict, str]:
     """A random batch for ``model``: token ids for a model with ``config.vocab_size``, else RGB images; and
     what it is, for messages."""
     import torch
@@ -115,7 +124,7 @@ def _example(model, batch: int, seq_len: int, image_size: int) -> tuple[tuple, d
     return (), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, f"{batch}x{seq_len} token ids"
 
 
-def _probe(model, inputs: tuple[tuple, dict, str], who: str) -> None:
+def _probe(model: nn.Module, inputs: tuple[tuple, dict, str], who: str) -> None:
     """One forward pass of the model as its code built it (before freezing, no gradients, train mode as the
     step to come), to tell a model that does not take these inputs (a user error: exit 2) from a failure inside
     frostline (a bug: its traceback stays)."""
@@ -133,7 +142,7 @@ def _probe(model, inputs: tuple[tuple, dict, str], who: str) -> None:
         model.train(training)
 
 
-def add_summary(sub) -> None:
+def add_summary(sub: _Subparsers) -> None:
     parser = sub.add_parser("summary", help="trainable / frozen elements per top-level module")
     _model_argument(parser)
 
@@ -146,7 +155,7 @@ def add_summary(sub) -> None:
     parser.set_defaults(run=run)
 
 
-def add_audit(sub) -> None:
+def add_audit(sub: _Subparsers) -> None:
     parser = sub.add_parser("audit", help="what could still move a frozen parameter, or keep a trainable one "
                                           "from training; exits 1 when it finds an error (0 when clean)")
     _model_argument(parser)
@@ -163,7 +172,7 @@ def add_audit(sub) -> None:
         from .audit import audit
         from .optim import optimizer
 
-        def check(model) -> None:
+        def check(model: nn.Module) -> None:
             if args.forward:
                 _probe(model, _example(model, 2, 8, 32), "--forward")
 
@@ -183,13 +192,13 @@ def add_audit(sub) -> None:
     parser.set_defaults(run=run)
 
 
-def _mean_output(output):
+def _mean_output(output: Any) -> Tensor:
     """The mean of a model's (first) output: a scalar to walk back from."""
     return (output if not isinstance(output, (tuple, list)) and not hasattr(output, "to_tuple")
             else output[0]).float().mean()
 
 
-def _transformers_dir(path: str | None):
+def _transformers_dir(path: str | None) -> Path | None:
     """``--model``: None (the pretrained all-MiniLM-L6-v2) or a directory holding a transformers ``config.json``."""
     from pathlib import Path
 
@@ -207,7 +216,7 @@ def _run_options(parser: argparse.ArgumentParser, quick_help: str) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def add_demo(sub) -> None:
+def add_demo(sub: _Subparsers) -> None:
     about = ("fine-tune the pretrained all-MiniLM-L6-v2 three ways (full, 4 layers frozen, encoder frozen + "
              "feature cache) and show what freezing saves")
     parser = sub.add_parser("demo", help=about, description=about)
@@ -230,7 +239,7 @@ def add_demo(sub) -> None:
     parser.set_defaults(run=run)
 
 
-def add_bench(sub) -> None:
+def add_bench(sub: _Subparsers) -> None:
     about = ("frostline's freezing against hand-written methods, side by side: step time, exactness, optimizer "
              "state, memory; writes JSON and PNG")
     parser = sub.add_parser("bench", help=about, description=about)
@@ -262,7 +271,7 @@ def add_bench(sub) -> None:
     parser.set_defaults(run=run)
 
 
-def add_explain(sub) -> None:
+def add_explain(sub: _Subparsers) -> None:
     parser = sub.add_parser("explain", help="per module: forward, dgrad and wgrad FLOPs, kept activations and "
                                             "optimizer state of one training step, against nothing frozen")
     _model_argument(parser)
@@ -308,7 +317,7 @@ def _can_plot(path: str) -> None:
         raise UsageError(f"--plot {path}: the directory {Path(path).parent} does not exist")
 
 
-COMMANDS: list[Callable] = [add_summary, add_audit, add_demo, add_bench, add_explain]
+COMMANDS: list[Callable[[_Subparsers], None]] = [add_summary, add_audit, add_demo, add_bench, add_explain]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ._state import named_logical_parameters
@@ -121,7 +123,7 @@ def layer_groups(model: nn.Module) -> list[list[str]]:
     return [g for g in groups if g]
 
 
-def freeze_to(model: nn.Module, n: int, **freeze_kwargs) -> nn.Module:
+def freeze_to(model: nn.Module, n: int, **freeze_kwargs: Any) -> nn.Module:
     """Freeze the layer groups before ``n`` and unfreeze the rest (negative ``n`` counts from the end).
 
     ``freeze_to(model, -1)`` trains only the head; ``freeze_to(model, 0)`` trains everything.

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from ..errors import FrostlineError
 from . import filters, layers, prefix, rows
@@ -73,7 +74,7 @@ def run(cases: list[str] | None = None, *, quick: bool = False, model_path: Path
     return results
 
 
-def _bar(total: int, name: str, enabled: bool):
+def _bar(total: int, name: str, enabled: bool) -> Any:  # a tqdm bar
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=f"bench {name}", unit="run", leave=False,

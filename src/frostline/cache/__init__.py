@@ -85,7 +85,7 @@ def with_ids(dataset: Any) -> _WithIds:
 
 
 class _WithIds(torch.utils.data.Dataset):
-    def __init__(self, dataset: Any):
+    def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -150,7 +150,7 @@ def _describe(args: tuple, kwargs: dict) -> tuple[int, list[Tensor], str]:
     return batch, tensors, f"{spec}|{';'.join(parts)}"
 
 
-def _progress_bar(total: int | None, enabled: bool | None, desc: str):
+def _progress_bar(total: int | None, enabled: bool | None, desc: str) -> Any:
     """A tqdm bar on stderr, or None: when asked not to, when stderr is not a terminal, or without tqdm."""
     if enabled is False or (enabled is None and not sys.stderr.isatty()):
         return None
@@ -214,7 +214,7 @@ class FeatureCache:
     upto: str | None  # the last prefix module; None only while a schedule this cache follows has frozen no prefix
 
     def __init__(self, model: nn.Module, upto: str | Schedule, *, store: Literal["memory", "disk"] = "memory",
-                 path: str | os.PathLike | None = None, progress: bool | None = None, check_every: int = 64):
+                 path: str | os.PathLike | None = None, progress: bool | None = None, check_every: int = 64) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(upto, str) or not upto:
@@ -429,7 +429,8 @@ class FeatureCache:
                 "content": torch.stack(digest).tolist() if digest else []}  # one sync, once per process
 
     # -- running the model ------------------------------------------------------------------------------------------
-    def _full_forward(self, ids, slots, hashes, sig, batch, device, args, kwargs) -> Any:
+    def _full_forward(self, ids: list[int], slots: list[int | None], hashes: Tensor, sig: str, batch: int,
+                      device: torch.device, args: tuple, kwargs: dict) -> Any:
         """The model as usual; ``upto``'s rows of unseen samples are stored on the way."""
         rng = _rng_state(device)
         plan, out = self._watched(ids, slots, hashes, sig, batch, device, args, kwargs, stop=False)
@@ -569,7 +570,7 @@ class FeatureCache:
                               "prefix (other weights, model or upto); starting it over", stacklevel=4)
         return plan
 
-    def _take_rows(self, plan: _Plan, output: Any, ids, slots, hashes) -> None:
+    def _take_rows(self, plan: _Plan, output: Any, ids: list[int], slots: list[int | None], hashes: Tensor) -> None:
         """Check ``upto``'s output, compare seen samples' inputs, store the rows of unseen ones."""
         leaves = pytree.tree_leaves(output)
         rows = [t for t in leaves if isinstance(t, Tensor)]
@@ -577,10 +578,11 @@ class FeatureCache:
             raise CacheError(f"{self.upto!r}'s output requires grad: a trainable tensor or an input that requires "
                              "grad feeds the prefix. Freeze everything the prefix computes with")
         seen = [k for k, s in enumerate(slots) if s is not None]
+        seen_slots = [s for s in slots if s is not None]  # where those rows are stored, in the same order
         if seen:
-            self._check_inputs([ids[k] for k in seen], [slots[k] for k in seen], hashes[_index(seen, hashes.device)])
+            self._check_inputs([ids[k] for k in seen], seen_slots, hashes[_index(seen, hashes.device)])
             if self._modes(plan) not in self._modes_ok:  # first time in this mode: do stored rows still hold?
-                stored = self._store.read([slots[k] for k in seen], rows[0].device)
+                stored = self._store.read(seen_slots, rows[0].device)
                 fresh = [r[_index(seen, r.device)] for r in rows]
                 if not all(_close(a, b) for a, b in zip(fresh, stored, strict=False)):
                     raise CacheError(f"the prefix up to {self.upto!r} now computes other rows for samples it "
@@ -593,7 +595,8 @@ class FeatureCache:
             self._store.add([i for i, _ in new], hashes[_index(pos, hashes.device)],
                             [r.detach()[_index(pos, r.device)] for r in rows])
 
-    def _verify(self, plan, ids, batch, device, args, kwargs, out, rng) -> None:
+    def _verify(self, plan: _Plan, ids: list[int], batch: int, device: torch.device, args: tuple, kwargs: dict,
+                out: Any, rng: list[Tensor]) -> None:
         """Run the cached forward once with the RNG and buffers as the uncached one had them; refuse the split
         if the outputs differ (the suffix reads more of the prefix than ``upto``'s output)."""
         after = _rng_state(device)

@@ -23,7 +23,7 @@ class _Following(FeatureCache):
     """``FeatureCache(model, upto=schedule)``: see the module docstring; ``upto`` is the schedule's prefix now."""
 
     def __init__(self, model: nn.Module, upto: Any, *, store: str = "memory", path: Any = None,
-                 progress: bool | None = None, check_every: int = 64):
+                 progress: bool | None = None, check_every: int = 64) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if store != "memory" or path is not None:

@@ -4,6 +4,7 @@ helpers that rebuild ``upto``'s output and compare runs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +80,8 @@ class _Trace(TorchFunctionMode):
         self.roots: list[_Call] | None = None
         self.reading = True
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if self.reading:
             for t in pytree.tree_leaves((args, kwargs)):

@@ -124,7 +124,7 @@ class Schedule:
 
     unit: ClassVar[Literal["epoch", "step"]] = "epoch"
 
-    def __init__(self, groups: Sequence[Any] | None = None):
+    def __init__(self, groups: Sequence[Any] | None = None) -> None:
         self.total_steps: int | None = None
         self.history: list[Change] = []
         self._group_specs = None if groups is None else list(groups)

@@ -55,7 +55,7 @@ class AutoFreeze(Schedule):
 
     unit = "step"
 
-    def __init__(self, every_n_steps: int, percentile: float = 50.0, groups: Sequence[Any] | None = None):
+    def __init__(self, every_n_steps: int, percentile: float = 50.0, groups: Sequence[Any] | None = None) -> None:
         super().__init__(groups)
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ValueError(f"every_n_steps must be a positive int, got {every_n_steps!r}")

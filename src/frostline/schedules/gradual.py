@@ -40,7 +40,7 @@ class GradualUnfreeze(Schedule):
 
     unit = "epoch"
 
-    def __init__(self, groups: Sequence[Any] | None = None, every: int = 1, lr_divisor: float | None = None):
+    def __init__(self, groups: Sequence[Any] | None = None, every: int = 1, lr_divisor: float | None = None) -> None:
         super().__init__(groups)
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive number of epochs, got {every!r}")

@@ -141,7 +141,7 @@ class LayerwiseSampling(Schedule):
     unit = "step"
 
     def __init__(self, n_active: int, every: int, seed: int = 0, *, groups: Sequence[Any] | None = None,
-                 optimizer_state: Literal["fresh", "cpu"] = "fresh", recompute_frozen: bool = False):
+                 optimizer_state: Literal["fresh", "cpu"] = "fresh", recompute_frozen: bool = False) -> None:
         super().__init__(groups)
         for label, value in (("n_active", n_active), ("every", every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -48,7 +48,7 @@ class ProgressiveFreeze(Schedule):
     unit = "step"
 
     def __init__(self, t0: float = 0.5, schedule: Literal["cubic", "squared", "linear"] = "cubic",
-                 total_steps: int | None = None, scale_lr: bool = False, groups: Sequence[Any] | None = None):
+                 total_steps: int | None = None, scale_lr: bool = False, groups: Sequence[Any] | None = None) -> None:
         super().__init__(groups)
         if not 0 < t0 <= 1:
             raise ValueError(f"t0 must be in (0, 1], got {t0!r}")

@@ -40,7 +40,7 @@ class UnfreezeAt(Schedule):
 
     unit = "epoch"
 
-    def __init__(self, spec: Spec, epoch: int, lr_factor: float = 0.1, warmup_epochs: int = 0):
+    def __init__(self, spec: Spec, epoch: int, lr_factor: float = 0.1, warmup_epochs: int = 0) -> None:
         super().__init__([spec])
         if not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")

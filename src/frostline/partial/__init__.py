@@ -33,6 +33,7 @@ the old storage refuses to step instead of silently not training it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from torch import Tensor, nn
 
@@ -95,7 +96,7 @@ def freeze_partial(model: nn.Module, name: str, *, rows: Rows | None = None, dim
     module, local, param = _target(model, name)
     wanted = request(name, param, rows, dim, mask)
     _check_strategy(strategy)
-    current = partial_tensors(module).get(local)
+    current = _strategy(module, local)
     if current is None and not param.requires_grad:
         return
     before = current.layout() if current is not None else Layout.whole(param.shape, False, param.device)
@@ -108,7 +109,7 @@ def unfreeze_partial(model: nn.Module, name: str, *, rows: Rows | None = None, d
     makes it partial. (Use :func:`frostline.unfreeze`.)"""
     module, local, param = _target(model, name)
     wanted = request(name, param, rows, dim, mask)
-    current = partial_tensors(module).get(local)
+    current = _strategy(module, local)
     if current is None and param.requires_grad:
         return
     before = current.layout() if current is not None else Layout.whole(param.shape, True, param.device)
@@ -137,7 +138,7 @@ def remove_partial(model: nn.Module, name: str) -> None:
 
 
 def _remove(model: nn.Module, module: nn.Module, local: str) -> None:
-    part = partial_tensors(module)[local]
+    part = cast(Strategy, partial_tensors(module)[local])  # frostline attaches only Strategies
     param = part.param
     part.teardown()
     for _, alias, alias_local in _aliases(model, param):
@@ -157,7 +158,7 @@ def refuse_non_parameter(model: nn.Module, spec: object) -> None:
 def _settle(model: nn.Module, name: str, layout: Layout, strategy: str) -> None:
     """Store ``name`` in ``layout``; the gradient so far follows to whatever stores it next (see _carry.py)."""
     module, local, param = _target(model, name)
-    current = partial_tensors(module).get(local)
+    current = _strategy(module, local)
     was = _carry.before(module, local)
     if layout.none_frozen() or layout.all_frozen():
         if current is not None:
@@ -189,6 +190,11 @@ def _settle(model: nn.Module, name: str, layout: Layout, strategy: str) -> None:
 def _check_strategy(strategy: str) -> None:
     if strategy != "auto" and strategy not in STRATEGIES:
         raise FreezeError(f"unknown strategy {strategy!r}; choose one of 'auto', {', '.join(map(repr, STRATEGIES))}")
+
+
+def _strategy(module: nn.Module, local: str) -> Strategy | None:
+    """The strategy storing ``module.<local>`` (frostline attaches only Strategies), or None."""
+    return cast("Strategy | None", partial_tensors(module).get(local))
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:

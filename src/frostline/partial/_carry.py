@@ -23,8 +23,9 @@ import functools
 import inspect
 import itertools
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +33,10 @@ from torch import Tensor, nn
 from .._state import partial_tensors
 from ..errors import FrostlineError
 from ._layout import _put, _take
+
+if TYPE_CHECKING:  # _base and the strategies import this module
+    from ._base import Strategy
+    from .delta import Delta
 
 
 @dataclass(frozen=True)
@@ -81,10 +86,12 @@ def current(module: nn.Module, local: str) -> tuple[nn.Parameter, Cover] | None:
             return None
         frozen = None if param.requires_grad else torch.ones((), dtype=torch.bool, device=param.device)
         return param, Cover(param.shape, frozen=frozen)
-    (stored,) = part._stepped()
-    if stored is part.param:  # mask: the original Parameter, its frozen elements restored after each step
-        return stored, Cover(part.param.shape, frozen=part.frozen_mask())
-    return stored, Cover(part.param.shape, part.dim, part._get("index"))
+    strategy = cast("Strategy", part)  # frostline's partial tensors are Strategies
+    (stored,) = cast("list[nn.Parameter]", strategy._stepped())
+    if stored is strategy.param:  # mask: the original Parameter, its frozen elements restored after each step
+        return stored, Cover(strategy.param.shape, frozen=strategy.frozen_mask())
+    delta = cast("Delta", strategy)  # delta or split: a Parameter of the trainable slices
+    return stored, Cover(delta.param.shape, delta.dim, delta._get("index"))
 
 
 # -- retired storage --------------------------------------------------------------------------------------------
@@ -190,7 +197,8 @@ def refuse_stale(optimizer: torch.optim.Optimizer) -> None:
             entry, successor, _ = found
             if id(successor) in held:
                 continue
-            part = partial_tensors(entry.module()).get(entry.local)
+            module = entry.module()  # alive: _successor found what stores its tensor now
+            part = partial_tensors(module).get(entry.local) if module is not None else None
             now = f"partially frozen, strategy {part.strategy!r}" if part is not None else "whole and trainable"
             raise FrostlineError(
                 f"{type(optimizer).__name__}.step() refused: {entry.name!r} was frozen or unfrozen in part since "
@@ -239,7 +247,7 @@ def _fresh_state(optimizer: torch.optim.Optimizer, group: dict[str, Any], like: 
              if k not in ("params", "param_names", "name", "initial_lr") and not k.startswith("frostline")}
     cls = type(optimizer)
     try:
-        accepted = inspect.signature(cls).parameters
+        accepted: Mapping[str, inspect.Parameter] = inspect.signature(cls).parameters
     except (TypeError, ValueError):
         accepted = {}
     anything = any(p.kind is p.VAR_KEYWORD for p in accepted.values())

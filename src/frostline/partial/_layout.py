@@ -117,7 +117,7 @@ def request(name: str, param: Tensor, rows: Rows | None, dim: int, mask: Tensor 
     return Layout(shape, frozen, dim)
 
 
-def _row_index(name: str, rows: Rows, size: int, dim: int) -> Tensor:
+def _row_index(name: str, rows: Rows | None, size: int, dim: int) -> Tensor:
     if isinstance(rows, Tensor):
         if rows.dtype == torch.bool or rows.is_floating_point() or rows.is_complex() or rows.dim() > 1:
             raise FreezeError(f"{name}: rows must be a 1-D integer tensor, a list or a range of indices along dim "

@@ -32,6 +32,7 @@ nothing else), the base is never written in the step path, and ``state_dict``/``
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, TypeGuard, cast
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +79,7 @@ class Delta(Strategy):
         self.owns_forward = _token_rows(module, self.local, self.dim)
         self.padding_rows: list[tuple[nn.Module, int]] = []  # per Embedding that uses the rows (tied: several)
         if self.owns_forward:
-            self.padding_row = self._add_use(module)
+            self.padding_row = self._add_use(cast(nn.Embedding, module))  # owns_forward: an Embedding's rows
 
     def _add_use(self, module: nn.Embedding) -> int:
         """Make ``module``'s token-row forward possible; returns the trainable row of its padding token (or -1)."""
@@ -100,10 +101,13 @@ class Delta(Strategy):
     def _bind(self) -> None:
         super()._bind()
         self.param.requires_grad_(False)  # also for a Parameter someone put in our place
-        self.trainable = self.module._parameters[self._name("trainable")]
+        self.trainable = cast(nn.Parameter, self.module._parameters[self._name("trainable")])
 
-    def _current(self) -> tuple[Tensor, Tensor]:
-        return self.module._parameters[self.local], self.module._parameters[self._name("trainable")]
+    def _current(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """What the module holds now under the tensor's name and the trainable storage's (both set while this
+        strategy stores the tensor; torch types a module's Parameters as optional)."""
+        params = self.module._parameters
+        return cast(nn.Parameter, params[self.local]), cast(nn.Parameter, params[self._name("trainable")])
 
     def follows_module(self) -> bool:
         """True when the module's tensors are not ours to rebind to: FSDP2 manages the module (its shards between
@@ -185,11 +189,12 @@ class Delta(Strategy):
             if not is_dtensor(base):
                 _put(base, self.dim, self._get("index"), gathered(trainable.detach()))
                 return
-            from torch.distributed.tensor import distribute_tensor
+            from torch.distributed.tensor import DTensor, distribute_tensor
 
+            shard = cast(DTensor, base)
             full = self.full()  # gathers base and trainable: a collective
-            mine = distribute_tensor(full, base.device_mesh, base.placements, src_data_rank=None)  # no comms
-            base.to_local().copy_(mine.to_local())
+            mine = distribute_tensor(full, shard.device_mesh, shard.placements, src_data_rank=None)  # no comms
+            shard.to_local().copy_(mine.to_local())
 
     def internal_values(self, full: Tensor) -> dict[str, Tensor]:
         return {self._name("trainable"): _take(full, self.dim, self._get("index").to(full.device))}
@@ -223,11 +228,12 @@ class Delta(Strategy):
     def forward(self, module: nn.Embedding, ids: Tensor) -> Tensor:
         return self._embed(module, ids, self.padding_row)
 
-    def forward_use(self, module: nn.Module, local: str, *args, **kwargs):
+    def forward_use(self, module: nn.Module, local: str, *args: Any, **kwargs: Any) -> Tensor:
         """Tied: the forward of ``module``, one of the modules that use this Parameter (as ``local``)."""
         if not self.follows_module() and local == "weight" and self.dim == 0:
             if isinstance(module, nn.Embedding):
-                return self._embed(module, *args, next(row for m, row in self.padding_rows if m is module))
+                (ids,) = args  # nn.Embedding's forward takes the ids alone
+                return self._embed(module, ids, next(row for m, row in self.padding_rows if m is module))
             if isinstance(module, nn.Linear):
                 from .split import linear_rows  # split builds on this module
 
@@ -243,7 +249,7 @@ class Delta(Strategy):
                                     module.scale_grad_by_freq, module.sparse)
 
 
-def _token_rows(module: nn.Module, local: str, dim: int | None) -> bool:
+def _token_rows(module: nn.Module, local: str, dim: int | None) -> TypeGuard[nn.Embedding]:
     """Whether ``module.<local>`` along ``dim`` are an Embedding's token rows, run by nn.Embedding's own forward."""
     return (isinstance(module, nn.Embedding) and type(module).forward is nn.Embedding.forward and local == "weight"
             and dim == 0)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
@@ -30,12 +32,16 @@ from torch import Tensor, nn
 from ._base import Strategy, fsdp_managed, gathered, is_dtensor
 from ._layout import Layout
 
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
+
 
 class Mask(Strategy):
     strategy = "mask"
 
     @classmethod
-    def why_not(cls, module: nn.Module, local: str, layout: Layout, tied: bool) -> str | None:
+    def why_not(cls, module: nn.Module, local: str, layout: Layout,
+                tied: Sequence[tuple[str, nn.Module, str]] | bool) -> str | None:
         if isinstance(module, nn.Embedding) and module.sparse and local == "weight":
             return ("the Embedding has sparse=True, and a sparse gradient cannot be masked in place; use "
                     "strategy='delta' with rows= (or rows=..., dim=1), or build it with sparse=False")
@@ -63,7 +69,7 @@ class Mask(Strategy):
         if fsdp_managed(self.module):
             self.follow()
             self.hold_shards()
-            return [self.module._parameters[self.local]]
+            return [cast(nn.Parameter, self.module._parameters[self.local])]  # FSDP's shard, held there
         return [self.param]
 
     def _stepped(self) -> list[Tensor]:
@@ -80,7 +86,7 @@ class Mask(Strategy):
     def full(self) -> Tensor:
         if not fsdp_managed(self.module):
             return super().full()
-        return gathered(self.module._parameters[self.local].detach())
+        return gathered(cast(nn.Parameter, self.module._parameters[self.local]).detach())
 
     def before_step(self) -> None:
         if fsdp_managed(self.module):  # shards: their frozen values were located once (_restore_shard)
@@ -93,14 +99,14 @@ class Mask(Strategy):
         current = self.module._parameters.get(self.local)
         if fsdp_managed(self.module) and is_dtensor(current):
             self.hold_shards()
-            return self._restore_shard(current)
+            return self._restore_shard(cast("DTensor", current))
         with torch.no_grad():
             if self.dim is not None:
                 self.param.index_copy_(self.dim, self._get("index"), self._get("saved"))
             else:
                 self.param.masked_scatter_(self._get("frozen"), self._get("saved"))
 
-    def _restore_shard(self, shard: Tensor) -> None:
+    def _restore_shard(self, shard: DTensor) -> None:
         local = shard.to_local()
         place = self.__dict__.get("_shard")
         if place is None or place[0] != (tuple(shard.placements), tuple(local.shape)):
@@ -109,7 +115,7 @@ class Mask(Strategy):
         with torch.no_grad():
             local.masked_scatter_(frozen, saved)
 
-    def _locate(self, shard: Tensor, local: Tensor) -> tuple:
+    def _locate(self, shard: DTensor, local: Tensor) -> tuple:
         """This rank's frozen elements: their mask over the local shard and their saved values (once per layout)."""
         from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 

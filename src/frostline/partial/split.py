@@ -13,6 +13,8 @@ Under FSDP2 it runs as delta does there (the merged weight through the module's 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,8 @@ class Split(Delta):
     owns_forward = True
 
     @classmethod
-    def why_not(cls, module: nn.Module, local: str, layout: Layout, tied: bool) -> str | None:
+    def why_not(cls, module: nn.Module, local: str, layout: Layout,
+                tied: Sequence[tuple[str, nn.Module, str]] | bool) -> str | None:
         kind = next((c for c in (nn.Linear, *_CONVS) if isinstance(module, c)), None)
         if kind is None or type(module).forward is not kind.forward or local != "weight":
             return ("it serves the weight of nn.Linear and nn.Conv1d/2d/3d (with their own forward); "
@@ -50,12 +53,13 @@ class Split(Delta):
             return _forward.swapped(module, x)
         if isinstance(module, nn.Linear):
             return linear_rows(self, module, x)
-        bias = _forward.tensor(module, "bias")
+        conv = cast("nn.Conv1d | nn.Conv2d | nn.Conv3d", module)  # split serves Linear and these (why_not)
+        bias = _forward.tensor(conv, "bias")
         if not _grads(self, x, bias):
-            return module._conv_forward(x, self.param, bias)
-        x, padding = _conv_input(module, x)
-        return _SplitConv.apply(x, self.param, self.trainable, bias, self._get("index"), module.stride, padding,
-                                module.dilation)
+            return conv._conv_forward(x, self.param, bias)
+        x, padding = _conv_input(conv, x)
+        return _SplitConv.apply(x, self.param, self.trainable, bias, self._get("index"), conv.stride, padding,
+                                conv.dilation)
 
 
 def linear_rows(part: Delta, module: nn.Linear, x: Tensor) -> Tensor:
@@ -72,7 +76,7 @@ def _grads(part: Delta, x: Tensor, bias: Tensor | None) -> bool:
                                         or (bias is not None and bias.requires_grad))
 
 
-def _conv_input(module: nn.Module, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+def _conv_input(module: nn.modules.conv._ConvNd, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
     """The input and numeric padding for ``torch.convolution``, as the module's ``_conv_forward`` would pad."""
     pads = module._reversed_padding_repeated_twice  # (left, right) per dim, last dim first
     if module.padding_mode != "zeros":
@@ -92,8 +96,11 @@ def _autocast(t: Tensor) -> tuple[torch.dtype | None, contextlib.AbstractContext
     return None, contextlib.nullcontext()
 
 
-def _cast(dtype: torch.dtype | None, *tensors: Tensor | None) -> list[Tensor | None]:
-    return [t if t is None or dtype is None else t.to(dtype) for t in tensors]
+def _cast(dtype: torch.dtype | None, x: Tensor, weight: Tensor, bias: Tensor | None
+          ) -> tuple[Tensor, Tensor, Tensor | None]:
+    if dtype is None:
+        return x, weight, bias
+    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
 class _SplitLinear(torch.autograd.Function):

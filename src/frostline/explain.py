@@ -49,11 +49,12 @@ MODEL = "(model)"  # the model's own forward, outside any submodule
 INPUTS = "(inputs)"  # the graph that made the example inputs, when they come with one
 
 
-def _cpu_sdpa(query, key, value, *args, out_val=None, **kwargs) -> int:
+def _cpu_sdpa(query: Tensor, key: Tensor, value: Tensor, *args: Any, out_val: Any = None, **kwargs: Any) -> int:
     return sdpa_flop_count(query.shape, key.shape, value.shape)
 
 
-def _cpu_sdpa_backward(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
+def _cpu_sdpa_backward(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, *args: Any, out_val: Any = None,
+                       **kwargs: Any) -> int:
     return sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
 
 
@@ -337,13 +338,13 @@ class _Meter(TorchDispatchMode):
             node.register_prehook(functools.partial(self._node_starts, (name, kinds)))
             node.register_hook(self._node_ends)
 
-    def _node_starts(self, what: tuple[str, frozenset[str]], grad_outputs) -> None:
+    def _node_starts(self, what: tuple[str, frozenset[str]], grad_outputs: Any) -> None:
         self.backward = what
 
-    def _node_ends(self, grad_inputs, grad_outputs) -> None:
+    def _node_ends(self, grad_inputs: Any, grad_outputs: Any) -> None:
         self.backward = None
 
-    def edge_kind(self, fn) -> str:
+    def edge_kind(self, fn: Any) -> str:  # fn: an autograd graph node, or None
         """"param" when a gradient edge ends, through views and casts, at a model parameter; else "act"."""
         while fn is not None:
             name = type(fn).__name__
@@ -363,7 +364,7 @@ class _Meter(TorchDispatchMode):
             self.cost(self.stack[-1]).activation_bytes += key[1]
         return t
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         packet = func._overloadpacket

@@ -56,7 +56,7 @@ class _Gate(Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         (packed,) = ctx.saved_tensors
         if ctx.kind == "leaky":
             factor = _bits.gate(packed, ctx.layout, ctx.shape, 1.0, ctx.slope, opmath(grad.dtype))

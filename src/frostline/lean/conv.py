@@ -28,7 +28,7 @@ _TRANSPOSED = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose
 
 class _Conv(Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, geometry: tuple) -> Tensor:
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, geometry: tuple) -> Tensor:
         nd, transposed, stride, padding, dilation, groups, output_padding = geometry
         if transposed:
             y = _TRANSPOSED[nd](x, weight, bias, stride, padding, output_padding, groups, dilation)
@@ -39,7 +39,7 @@ class _Conv(Function):
         return y
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         (weight,) = ctx.saved_tensors
         nd, transposed, stride, padding, dilation, groups, _ = ctx.geometry
         w = cast(weight, grad.dtype)
@@ -59,13 +59,13 @@ class _Pad(Function):
     """Reflect/replicate padding: backward needs the input's shape only, but PyTorch's node keeps the input."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, pads: tuple[int, ...], mode: str) -> Tensor:
+    def forward(ctx: Any, x: Tensor, pads: tuple[int, ...], mode: str) -> Tensor:
         ctx.spec = (x.shape, x.dtype, is_channels_last(x), pads, mode)
         return F.pad(x, pads, mode=mode)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         shape, dtype, channels_last, pads, mode = ctx.spec
         kind = "reflection" if mode == "reflect" else "replication"
         fn = getattr(torch.ops.aten, f"{kind}_pad{len(pads) // 2}d_backward")

@@ -31,14 +31,14 @@ from ._common import cast, memory_format, no_autocast, opmath, plain, wants_lean
 
 class _BatchNormEval(Function):
     @staticmethod
-    def forward(ctx, x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None,
+    def forward(ctx: Any, x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None,
                 eps: float) -> Tensor:
         ctx.save_for_backward(var, weight)  # a buffer and a parameter: resident anyway, nothing new is kept
         ctx.eps, ctx.dims = eps, x.dim()
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         var, weight = ctx.saved_tensors
         # 1/sqrt(var + eps) rounded as PyTorch's eval-mode kernel rounds it (in double, stored in float32 or wider);
         # that kernel multiplies by it and by the weight in two passes, one fold here may differ in the last bit
@@ -68,7 +68,7 @@ def _compute_dtype(x: Tensor, probe: Callable[[], Tensor]) -> torch.dtype:
 
 class _LayerNorm(Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, shape: tuple[int, ...], eps: float,
+    def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, shape: tuple[int, ...], eps: float,
                 dtype: torch.dtype) -> Tensor:
         with no_autocast(x):
             y, mean, rstd = torch.native_layer_norm(cast(x, dtype), shape, weight, bias, eps)
@@ -77,7 +77,7 @@ class _LayerNorm(Function):
         return y
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, bias, mean, rstd = ctx.saved_tensors
         gx = torch.ops.aten.native_layer_norm_backward(grad, cast(x, ctx.dtype), ctx.shape, mean, rstd, weight, bias,
                                                        [True, False, False])[0]
@@ -98,7 +98,7 @@ def layernorm_forward(module: nn.LayerNorm, *args: Any, **kwargs: Any) -> Tensor
 
 class _GroupNorm(Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float,
+    def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float,
                 dtype: torch.dtype) -> Tensor:
         n, c, hw = x.shape[0], x.shape[1], math.prod(x.shape[2:])
         # PyTorch's group_norm hands its kernel a tensor dense in the input's own layout; so do we
@@ -110,7 +110,7 @@ class _GroupNorm(Function):
         return y
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, mean, rstd = ctx.saved_tensors
         n, c, hw, groups = ctx.sizes
         xc = cast(x, ctx.dtype)

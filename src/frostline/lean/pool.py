@@ -59,7 +59,7 @@ def _backward(kind: str, nd: int, params: tuple, grad: Tensor, stand_in: Tensor,
 
 class _Pool(Function):
     @staticmethod
-    def forward(ctx, x: Tensor, kind: str, nd: int, params: tuple) -> Tensor:
+    def forward(ctx: Any, x: Tensor, kind: str, nd: int, params: tuple) -> Tensor:
         idx = None
         if kind == "max":
             y, idx = _MAX[nd](x, *params, return_indices=True)
@@ -77,7 +77,7 @@ class _Pool(Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         kind, nd, params, shape, dtype, channels_last = ctx.spec
         idx = ctx.saved_tensors[0].long() if kind in ("max", "adaptive_max") else None
         gx = _backward(kind, nd, params, grad, shape_only(shape, grad, channels_last), idx)

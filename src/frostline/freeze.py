@@ -14,25 +14,35 @@ False
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from ._state import get_partial, named_logical_parameters
-from .distributed import check_change  # refuses changes a live DDP wrapper could not follow
+from . import _patch
+from ._state import FreezeState, get_partial, kept_in_eval, named_logical_parameters
 from .errors import FreezeError
 from .selection import Spec, select
 
 __all__ = ["freeze", "unfreeze", "is_frozen", "frozen_names"]
 
 Strategy = Literal["auto", "delta", "split", "mask"]
-_KEEP_EVAL = "_frostline_keep_eval"
-_WAS_TRAINING = "_frostline_was_training"  # mode before freezing, restored when the module is unfrozen
-_STATS_NORMS = (nn.modules.batchnorm._NormBase,)  # BatchNorm*, SyncBatchNorm, InstanceNorm*
-_DROPOUTS = (nn.modules.dropout._DropoutNd,)
+PreChange = Callable[..., None]  # check(model, names, *, freezing, partial): raises to refuse a change
+_PRE_CHANGE: list[PreChange] = []
+
+
+def on_change(check: PreChange) -> PreChange:
+    """Register ``check(model, names, *, freezing, partial)``, run by ``freeze``/``unfreeze`` before anything
+    changes; it raises to refuse the change (:mod:`frostline.distributed` registers the DDP/FSDP2 check)."""
+    if check not in _PRE_CHANGE:
+        _PRE_CHANGE.append(check)
+    return check
+
+
+def _check_change(model: nn.Module, names: list[str], *, freezing: bool, partial: bool) -> None:
+    for check in _PRE_CHANGE:
+        check(model, names, freezing=freezing, partial=partial)
 
 
 def _partial_request(rows, mask) -> bool:
@@ -97,7 +107,7 @@ def freeze(
 
         refuse_non_parameter(model, spec)
     names = select(model, spec)
-    check_change(model, names, freezing=True, partial=_partial_request(rows, mask))
+    _check_change(model, names, freezing=True, partial=_partial_request(rows, mask))
     if _partial_request(rows, mask):
         from .partial import freeze_partial
 
@@ -108,9 +118,7 @@ def freeze(
             raise FreezeError(f"strategy={strategy!r} applies to partial freezing only; pass rows= or mask= as well")
         for name in names:
             _freeze_whole(model, name)
-    if eval_frozen:
-        _mark_eval(model, set(names))
-    _refresh_lean(model, lean)
+    _refresh(model, set(names) if eval_frozen else set(), lean)
     return model
 
 
@@ -135,7 +143,7 @@ def unfreeze(
     """
     _refuse_inference_mode("unfreeze")
     names = select(model, spec)
-    check_change(model, names, freezing=False, partial=_partial_request(rows, mask))
+    _check_change(model, names, freezing=False, partial=_partial_request(rows, mask))
     if _partial_request(rows, mask):
         from .partial import unfreeze_partial
 
@@ -149,8 +157,7 @@ def unfreeze(
                 remove_partial(model, name)
             module, local = _module_and_local(model, name)
             module._parameters[local].requires_grad_(True)
-    _unmark_eval(model)
-    _refresh_lean(model, None)
+    _refresh(model, set(), None)
     return model
 
 
@@ -207,39 +214,6 @@ def _freeze_whole(model: nn.Module, name: str) -> None:
     param.grad = None
 
 
-def _region(model: nn.Module, every_module: bool = False) -> dict[str, list[Tensor]]:
-    """For each eval candidate: the logical parameters whose frozenness decides it.
-
-    Candidates are running-statistics norms and dropouts (what ``audit`` checks), or with ``every_module`` every
-    module: a module with parameters is decided by all parameters beneath it, so a fully frozen block that calls
-    ``F.dropout`` under its own ``self.training`` (BERT's self-attention) keeps inference behaviour too. A module
-    without parameters is decided by its parent's.
-    """
-    logical = list(named_logical_parameters(model, remove_duplicate=False))
-    out: dict[str, list[Tensor]] = {}
-    for module_name, module in model.named_modules():
-        if not every_module:
-            if not isinstance(module, _STATS_NORMS + _DROPOUTS):
-                continue
-            if isinstance(module, _STATS_NORMS) and not module.track_running_stats:
-                continue
-        prefix = f"{module_name}." if module_name else ""
-        beneath = [t for n, t in logical if n.startswith(prefix)]
-        if beneath:
-            out[module_name] = beneath
-            continue
-        parent = module_name.rpartition(".")[0]
-        prefix = f"{parent}." if parent else ""
-        out[module_name] = [t for n, t in logical if n.startswith(prefix)]
-    return out
-
-
-def _fully_frozen(model: nn.Module, tensors: list[Tensor], names: dict[int, str] | None = None) -> bool:
-    if names is None:
-        names = {id(t): n for n, t in named_logical_parameters(model, remove_duplicate=False)}
-    return bool(tensors) and all(not t.requires_grad and get_partial(model, names[id(t)]) is None for t in tensors)
-
-
 def _keep_eval_train(module: nn.Module, mode: bool = True) -> nn.Module:
     # Installed as the instance's ``train``: a parent's ``.train()`` reaches here, and the module stays in eval.
     if not isinstance(mode, bool):
@@ -250,31 +224,20 @@ def _keep_eval_train(module: nn.Module, mode: bool = True) -> nn.Module:
     return module
 
 
-def _mark_eval(model: nn.Module, selected: set[str]) -> None:
-    names = {id(t): n for n, t in named_logical_parameters(model, remove_duplicate=False)}
-    for module_name, tensors in _region(model, every_module=True).items():
-        if not _fully_frozen(model, tensors, names) or not any(names[id(t)] in selected for t in tensors):
-            continue
-        module = model.get_submodule(module_name)
-        module.__dict__["train"] = functools.partial(_keep_eval_train, module)
-        module.__dict__[_KEEP_EVAL] = True
-        module.__dict__.setdefault(_WAS_TRAINING, module.training)
-        module.training = False
+def _refresh(model: nn.Module, selected: set[str], lean: bool | None) -> None:
+    """After the frozen set changed: derive the state once, then the eval marks, lean forwards and repr marks.
 
-
-def _unmark_eval(model: nn.Module) -> None:
-    regions = _region(model, every_module=True)
-    names = {id(t): n for n, t in named_logical_parameters(model, remove_duplicate=False)}
-    for module_name, module in model.named_modules():
-        if not module.__dict__.get(_KEEP_EVAL) or _fully_frozen(model, regions.get(module_name, []), names):
-            continue
-        del module.__dict__["train"], module.__dict__[_KEEP_EVAL]
-        # The mode it had when frozen, not its parent's: frameworks (Lightning) unfreeze while the root is in
-        # eval and do not call .train() recursively afterwards.
-        module.train(module.__dict__.pop(_WAS_TRAINING, True))
-
-
-def _refresh_lean(model: nn.Module, lean: bool | None) -> None:
+    Fully frozen modules whose region holds a just-``selected`` parameter are kept in eval; kept modules that
+    train again are released; lean re-decides; ``repr(model)`` shows the result.
+    """
     from . import lean as lean_module
 
-    lean_module.refresh(model, lean)
+    state = FreezeState(model)
+    keep = state.beneath(selected) if selected else set()
+    for name, module in state.modules.items():
+        if state.frozen[name] and name in keep:
+            _patch.keep_eval(module, _keep_eval_train)
+        elif kept_in_eval(module) and not state.frozen[name]:
+            _patch.release_eval(module)
+    lean_module.refresh(model, lean, state)
+    _patch.mark(model)

@@ -46,7 +46,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ._state import get_partial, named_logical_parameters, partial_tensors
+from ._state import FreezeState, get_partial, hidden_names, named_logical_parameters
 from ._table import human_bytes, render
 from .errors import FrozenParameterChanged
 from .partial._base import is_dtensor
@@ -291,26 +291,18 @@ def _local(tensor: Tensor) -> Tensor:
 def _records(model: nn.Module) -> dict[str, tuple[Literal["param", "buffer"], Tensor, Tensor | None]]:
     """What a snapshot records: (kind, tensor, frozen mask or None) by name, in model order."""
     out: dict[str, tuple[Literal["param", "buffer"], Tensor, Tensor | None]] = {}
-    frozen_below: dict[str, bool] = {}  # module name -> every logical parameter beneath it is fully frozen
     for name, tensor in named_logical_parameters(model):
         tensor = _local(tensor)
         partial = get_partial(model, name)
-        whole = partial is None and not tensor.requires_grad
         if partial is not None:
             out[name] = ("param", partial.full(), partial.frozen_mask())
-        elif whole:
+        elif not tensor.requires_grad:
             out[name] = ("param", tensor, None)
-        parts = name.split(".")[:-1]
-        for i in range(len(parts) + 1):
-            prefix = ".".join(parts[:i])
-            frozen_below[prefix] = frozen_below.get(prefix, True) and whole
-    for module_name, module in model.named_modules():
-        owner = module_name  # a module without parameters (BatchNorm without affine) goes by its nearest parent's
-        while owner not in frozen_below and owner:
-            owner = owner.rpartition(".")[0]
-        if not frozen_below.get(owner, False):
+    state = FreezeState(model)
+    for module_name, module in state.modules.items():
+        if not state.frozen[module_name]:
             continue
-        internal = {n for p in partial_tensors(module).values() for n in p.internal_names()}
+        internal = hidden_names(module)
         for local, buffer in module._buffers.items():
             full_name = f"{module_name}.{local}" if module_name else local
             if buffer is not None and local not in internal and full_name not in out:

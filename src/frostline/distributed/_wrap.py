@@ -4,10 +4,15 @@ DDP is noticed as it is built: a module-registration hook sees DDP's constructor
 point DDP has read its ignore list and is about to bucket exactly the parameters that require grad), so a plain
 ``DistributedDataParallel(model)`` is covered as much as :func:`frostline.distributed.ddp`. The record holds the
 wrapper weakly: a wrapper the user drops leaves it by itself.
+
+Nothing is installed at import: the hook goes in at frostline's first freezing call (:func:`watch`). Wrappers built
+before then are found once, in the garbage collector's list of objects, and recorded as they are at that moment
+(frostline changed nothing before it); without a process group no DDP can exist, so that search is skipped.
 """
 
 from __future__ import annotations
 
+import gc
 import weakref
 from typing import Any
 
@@ -15,6 +20,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.module import register_module_module_registration_hook
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.hooks import RemovableHandle
 
 from .._state import PartialTensor, get_partial, named_logical_parameters, partial_tensors
 from ..errors import FreezeError
@@ -41,7 +47,19 @@ def _on_register(parent: nn.Module, name: str, child: Any) -> None:
         _BUCKETED[parent] = {id(p): n for n, p in child.named_parameters() if p.requires_grad and n not in ignored}
 
 
-_HOOK = register_module_module_registration_hook(_on_register)
+_HOOK: RemovableHandle | None = None
+
+
+def watch() -> None:
+    """Start noticing DDP wrappers as they are built (once per process); record the ones that already exist."""
+    global _HOOK
+    if _HOOK is not None:
+        return
+    _HOOK = register_module_module_registration_hook(_on_register)
+    if dist.is_available() and dist.is_initialized():
+        for obj in gc.get_objects():
+            if isinstance(obj, DistributedDataParallel) and obj not in _BUCKETED:
+                _on_register(obj, "module", obj.module)
 
 
 def _live_wrappers() -> list[tuple[DistributedDataParallel, dict[int, str]]]:
@@ -76,6 +94,7 @@ def check_change(model: nn.Module, names: list[str], *, freezing: bool, partial:
         DistributedFreezeError: a live DistributedDataParallel covers a parameter whose trainability (or storage,
             for partial freezing) would change; or partial freezing touches a parameter FSDP2 already shards.
     """
+    watch()
     wrappers = _live_wrappers() if _BUCKETED else []
     if not wrappers and not partial and not any(partial_tensors(m) for m in model.modules()):
         return  # the single-process common case: nothing could go stale
@@ -129,6 +148,7 @@ def _brief(names: list[str], keep: int = 3) -> str:
 
 
 def _wrappers_of(model: nn.Module) -> list[tuple[DistributedDataParallel, dict[int, str] | None]]:
+    watch()
     ids = {id(p) for p in model.parameters()}
     out: list[tuple[DistributedDataParallel, dict[int, str] | None]] = [
         (w, b) for w, b in _live_wrappers() if any(id(p) in ids for p in w.module.parameters())]

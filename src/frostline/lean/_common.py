@@ -7,13 +7,12 @@ import contextlib
 import torch
 from torch import Tensor, nn
 
-from .._state import partial_tensors
+from .._state import trains_own
 
 
 def frozen(module: nn.Module) -> bool:
     """True when the module owns no trainable tensor (checked on every call: a user may flip requires_grad)."""
-    return not any(p is not None and p.requires_grad for p in module._parameters.values()) and not (
-        partial_tensors(module))
+    return not trains_own(module)
 
 
 def wants_lean(module: nn.Module, x: object) -> bool:

@@ -7,8 +7,8 @@ non-persistent buffers, so ``.to()``, ``deepcopy`` and pickling carry everything
 
 What cannot live on the module as a plain attribute is rebuilt from it instead:
 
-* the optimizer hooks: one global ``register_optimizer_step_pre_hook`` and one ``..._post_hook``, which find the
-  strategies to run by the identity of the Parameters the optimizer steps (``_ACTIVE``, filled when a strategy is
+* the optimizer hooks: one global ``register_optimizer_step_pre_hook`` and one ``..._post_hook``, installed when
+  the first strategy in the process comes to life (never at import), which find the strategies to run by the identity of the Parameters the optimizer steps (``_ACTIVE``, filled when a strategy is
   created, copied or unpickled). What an optimizer holds is examined once per change of storage or of its groups
   (``_plan``), not on every step; that examination also refuses an optimizer that holds a Parameter which no
   longer stores its tensor (``_carry.refuse_stale``). Before a step a strategy takes what the visible Parameter
@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+from torch.utils.hooks import RemovableHandle
 
 from . import _carry
 from ._layout import Layout, _put, _take  # noqa: F401  (_put/_take: re-exported for the strategies)
@@ -140,6 +141,7 @@ class Strategy:
         return self.trainable_parameters()
 
     def _activate(self) -> None:
+        _install_hooks()
         for param in self._stepped():
             _ACTIVE[id(param)] = weakref.ref(self, functools.partial(_forget, id(param)))
         _carry.bump()
@@ -168,6 +170,7 @@ class Strategy:
     def follow(self) -> None:
         """Under FSDP2, until this strategy holds FSDP's shards: have the next optimizer step look for it."""
         if not is_dtensor(self.param):
+            _install_hooks()
             _FOLLOWING.add(self)
 
     def hold_shards(self) -> None:
@@ -273,5 +276,10 @@ def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs:
                 part.after_step()
 
 
-register_optimizer_step_pre_hook(_before_optimizer_step)
-register_optimizer_step_post_hook(_after_optimizer_step)
+_HOOKS: list[RemovableHandle] = []  # the two optimizer hooks, once a strategy exists
+
+
+def _install_hooks() -> None:
+    if not _HOOKS:
+        _HOOKS.append(register_optimizer_step_pre_hook(_before_optimizer_step))
+        _HOOKS.append(register_optimizer_step_post_hook(_after_optimizer_step))

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _patch
-from ._state import FreezeState, get_partial, kept_in_eval, named_logical_parameters
+from ._state import FreezeState, kept_in_eval, named_logical_parameters, partial_tensors
 from .errors import FreezeError
 from .selection import Spec, select
 
@@ -116,8 +116,8 @@ def freeze(
     else:
         if strategy != "auto":
             raise FreezeError(f"strategy={strategy!r} applies to partial freezing only; pass rows= or mask= as well")
-        for name in names:
-            _freeze_whole(model, name)
+        for (module, local), name in zip(_owners(model, names), names, strict=True):
+            _freeze_whole(model, name, module, local)
     _refresh(model, set(names) if eval_frozen else set(), lean)
     return model
 
@@ -150,12 +150,11 @@ def unfreeze(
         for name in names:
             unfreeze_partial(model, name, rows=rows, dim=dim, mask=mask)
     else:
-        for name in names:
-            if get_partial(model, name) is not None:
+        for (module, local), name in zip(_owners(model, names), names, strict=True):
+            if local in partial_tensors(module):
                 from .partial import remove_partial
 
                 remove_partial(model, name)
-            module, local = _module_and_local(model, name)
             module._parameters[local].requires_grad_(True)
     _refresh(model, set(), None)
     return model
@@ -182,7 +181,8 @@ def is_frozen(model: nn.Module, name: str) -> bool | Literal["partial"]:
     """
     tensors = dict(named_logical_parameters(model, remove_duplicate=False))
     names = [name] if name in tensors else select(model, name)
-    states = {"partial" if get_partial(model, n) is not None else not tensors[n].requires_grad for n in names}
+    states = {"partial" if local in partial_tensors(module) else not tensors[n].requires_grad
+              for (module, local), n in zip(_owners(model, names), names, strict=True)}
     return states.pop() if len(states) == 1 else "partial"
 
 
@@ -194,21 +194,23 @@ def frozen_names(model: nn.Module) -> list[str]:
         >>> model = frostline.freeze(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), "0")
         >>> frostline.frozen_names(model)
         ['0.weight', '0.bias']"""
-    return [n for n, t in named_logical_parameters(model) if not t.requires_grad and get_partial(model, n) is None]
+    partial = {f"{m}.{local}" if m else local for m, module in model.named_modules(remove_duplicate=False)
+               for local in partial_tensors(module)}
+    return [n for n, t in named_logical_parameters(model) if not t.requires_grad and n not in partial]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def _module_and_local(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    module_name, _, local = name.rpartition(".")
-    return model.get_submodule(module_name), local
+def _owners(model: nn.Module, names: list[str]) -> list[tuple[nn.Module, str]]:
+    """``(module, local name)`` of each parameter name, from one walk of the model (not a lookup per name)."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    return [(modules[module_name], local) for module_name, _, local in (n.rpartition(".") for n in names)]
 
 
-def _freeze_whole(model: nn.Module, name: str) -> None:
-    if get_partial(model, name) is not None:
+def _freeze_whole(model: nn.Module, name: str, module: nn.Module, local: str) -> None:
+    if local in partial_tensors(module):
         from .partial import remove_partial
 
         remove_partial(model, name)
-    module, local = _module_and_local(model, name)
     param = module._parameters[local]
     param.requires_grad_(False)
     param.grad = None

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .._tensor import storage_key
 from ..errors import FreezeError, FrozenParameterChanged
 from ..guard import snapshot
 from ..summary import optimizer_state_bytes
@@ -177,22 +178,13 @@ def _still_equal(before: list[Tensor], trial: Trial) -> bool:
     return len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after, strict=False))
 
 
-def _storage(t: Tensor) -> tuple[int, int] | None:
-    """(address, bytes) of ``t``'s storage, or None for tensors without one (sparse, meta, subclasses)."""
-    try:
-        storage = t.untyped_storage()
-        return storage.data_ptr(), storage.nbytes()
-    except (RuntimeError, NotImplementedError, TypeError):
-        return None
-
-
 def _account(row: Row, trial: Trial) -> float:
     """Run one more step with saved-tensor hooks, fill in ``row``'s memory fields (see the module docstring) and
     return the step's duration in seconds."""
     saved: dict[int, tuple[int, Tensor]] = {}
 
     def pack(t: Tensor) -> Tensor:
-        found = _storage(t)
+        found = storage_key(t)
         if found is not None:  # keep it alive, so a gradient cannot reuse its address before we compare
             saved[found[0]] = (found[1], t)
         return t
@@ -208,7 +200,7 @@ def _account(row: Row, trial: Trial) -> float:
     def unique(tensors: list[Tensor]) -> int:
         total = 0
         for t in tensors:
-            found = _storage(t)
+            found = storage_key(t)
             if found is not None and found[0] not in counted:
                 counted[found[0]] = found[1]
                 total += found[1]

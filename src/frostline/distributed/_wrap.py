@@ -17,8 +17,8 @@ from torch.nn.modules.module import register_module_module_registration_hook
 from torch.nn.parallel import DistributedDataParallel
 
 from .._state import PartialTensor, get_partial, named_logical_parameters, partial_tensors
+from .._tensor import is_dtensor
 from ..errors import FreezeError
-from ..partial._base import is_dtensor
 
 
 class DistributedFreezeError(FreezeError):

@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-width integer, by bytes
 _CHUNK = 1 << 20  # elements summed at once by a fingerprint: bounds its temporary memory (~40 MiB)
@@ -32,7 +35,7 @@ _HOST_CHUNK = 16 << 20  # bytes copied to the host at once for a digest: bounds 
 
 
 # -- DTensor (FSDP2's shards) -------------------------------------------------------------------------------------
-def is_dtensor(tensor: Any) -> bool:
+def is_dtensor(tensor: Any) -> TypeGuard[DTensor]:
     """Whether ``tensor`` is a DTensor; never imports ``torch.distributed.tensor``."""
     dtensor = sys.modules.get("torch.distributed.tensor")  # not imported: no DTensor can exist
     return dtensor is not None and isinstance(tensor, dtensor.DTensor)

@@ -100,7 +100,8 @@ def refuse() -> None:
     optimizer = frostline.optimizer(model, torch.optim.SGD, lr=0.1)
     train(wrapper, optimizer, 1)
     frozen = frostline.frozen_names(model)
-    raises(lambda: frostline.unfreeze(model, "backbone"), "cannot unfreeze 4 parameters")
+    raises(lambda: frostline.unfreeze(model, "backbone"),  # one wording for a list of names (frostline._table.brief)
+           "cannot unfreeze 4 parameters (backbone.0.weight, backbone.0.bias, backbone.1.weight, ... (+1)):")
     raises(lambda: frostline.freeze(model, "head.0"), "cannot freeze 2 parameters")
     raises(lambda: frostline.freeze(model, "head.0.weight", rows=[0]), "cannot partially freeze")
     raises(lambda: frostline.unfreeze(wrapper, "module.backbone.0"), "cannot unfreeze")  # the wrapper itself

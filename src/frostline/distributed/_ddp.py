@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .._state import kept_in_eval, partial_tensors
-from ..partial._base import is_dtensor
+from .._tensor import gathered
 from ._ranks import _disagreement, _frozen_states, _gather, _ranks
 from ._wrap import DistributedFreezeError, _require_process_group, watch
 
@@ -124,8 +124,7 @@ def trainable_state_dict(model: nn.Module, *, buffers: bool = True, rank: int = 
     mine = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == rank
     out = {}
     for key, value in local_state_dict(model, buffers=buffers).items():
-        if is_dtensor(value):
-            value = value.full_tensor()  # an all-gather over the tensor's mesh: every rank, in the same order
+        value = gathered(value)  # a DTensor: an all-gather over its mesh, on every rank in the same order
         if mine:
             out[key] = value.detach().to("cpu") if cpu_offload else value.detach()
     return out

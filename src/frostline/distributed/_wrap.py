@@ -23,8 +23,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.hooks import RemovableHandle
 
 from .._state import PartialTensor, get_partial, named_logical_parameters, partial_tensors
+from .._table import brief
+from .._tensor import is_dtensor
 from ..errors import FreezeError
-from ..partial._base import is_dtensor
 
 
 class DistributedFreezeError(FreezeError):
@@ -111,9 +112,9 @@ def check_change(model: nn.Module, names: list[str], *, freezing: bool, partial:
     sharded = [n for n in restructured if _sharded(model, n, changing[n])]
     if sharded:
         raise DistributedFreezeError(
-            f"cannot change the partial freezing of {_brief(sharded)} after fully_shard: the strategy adds or "
-            "replaces Parameters that FSDP2 would not shard or reduce. Freeze rows/masks before fully_shard "
-            "(whole-parameter freeze/unfreeze after fully_shard is fine)")
+            f"cannot change the partial freezing of {brief(sharded, noun='parameter')} after fully_shard: the "
+            "strategy adds or replaces Parameters that FSDP2 would not shard or reduce. Freeze rows/masks before "
+            "fully_shard (whole-parameter freeze/unfreeze after fully_shard is fine)")
     for wrapper, _ in wrappers:
         # A wrapper built with find_unused_parameters=True treats a parameter that gets no gradient as unused, so
         # freezing whole parameters is safe under it (they keep their bucket space until the next wrap).
@@ -136,15 +137,10 @@ def _wrapped_message(hit: list[str], freezing: bool, restructured: bool) -> str:
     else:
         verb, why = "unfreeze", ("they would train on this rank's gradients alone, never all-reduced, and the "
                                  "replicas would silently drift apart")
-    return (f"cannot {verb} {_brief(hit)}: a live DistributedDataParallel wrapper fixed its gradient buckets when "
-            f"it was built, and {why}.\nOn every rank: drop the wrapper (del ddp_model, and anything else holding "
-            "it), change the frozen set, wrap again (DistributedDataParallel(model, ...) or "
+    return (f"cannot {verb} {brief(hit, noun='parameter')}: a live DistributedDataParallel wrapper fixed its "
+            f"gradient buckets when it was built, and {why}.\nOn every rank: drop the wrapper (del ddp_model, and "
+            "anything else holding it), change the frozen set, wrap again (DistributedDataParallel(model, ...) or "
             "frostline.distributed.ddp(model, ...)), then frostline.sync(optimizer, model).")
-
-
-def _brief(names: list[str], keep: int = 3) -> str:
-    extra = f", ... (+{len(names) - keep} more)" if len(names) > keep else ""
-    return f"{len(names)} parameter{'s' if len(names) > 1 else ''} ({', '.join(names[:keep])}{extra})"
 
 
 def _wrappers_of(model: nn.Module) -> list[tuple[DistributedDataParallel, dict[int, str] | None]]:

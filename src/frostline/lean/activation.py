@@ -21,8 +21,9 @@ from torch import Tensor, nn
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
+from .._ops import cast
 from . import _bits
-from ._common import cast, opmath, plain, wants_lean
+from ._common import opmath, plain, wants_lean
 
 
 def _zero_bits(x: Tensor, low: float, high: float) -> Tensor:

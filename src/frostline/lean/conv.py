@@ -11,13 +11,16 @@ reflect/replicate-padded conv pads through a function that keeps only the input'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from ._common import cast, is_channels_last, no_autocast, plain, shape_only, wants_lean
+from .._ops import cast, conv_padding, no_autocast
+from ._common import is_channels_last, plain, shape_only, wants_lean
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _TRANSPOSED = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -69,19 +72,12 @@ class _Pad(Function):
         return cast(fn(grad, shape_only(shape, grad, channels_last), pads), dtype), None, None
 
 
-def _padded(module: nn.modules.conv._ConvNd, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-    """The input padded as the module pads it, and the symmetric zero padding left for the kernel."""
-    nd = len(module.kernel_size)
-    pads = module._reversed_padding_repeated_twice  # (left, right) per dim, last dim first
-    if module.padding_mode in ("reflect", "replicate"):
-        return _Pad.apply(x, tuple(pads), module.padding_mode), (0,) * nd
-    if module.padding_mode != "zeros":  # circular: slices and a cat, which keep nothing
-        return F.pad(x, pads, mode=module.padding_mode), (0,) * nd
-    if not isinstance(module.padding, str):
-        return x, tuple(module.padding)
-    if all(pads[2 * i] == pads[2 * i + 1] for i in range(nd)):
-        return x, tuple(reversed(pads[0::2]))
-    return F.pad(x, pads), (0,) * nd  # 'same' with an even kernel pads one side more
+def _lean_pad(x: Tensor, pads: Sequence[int], mode: str) -> Tensor:
+    """Reflect/replicate padding through :class:`_Pad`; circular (slices and a cat) and constant padding keep
+    nothing for backward anyway."""
+    if mode in ("reflect", "replicate"):
+        return _Pad.apply(x, tuple(pads), mode)
+    return F.pad(x, pads, mode=mode)
 
 
 def conv_forward(module: nn.modules.conv._ConvNd, *args, **kwargs) -> Tensor:
@@ -96,7 +92,7 @@ def conv_forward(module: nn.modules.conv._ConvNd, *args, **kwargs) -> Tensor:
                                                 module.kernel_size, nd, module.dilation)
         padding = tuple(module.padding)
     else:
-        x, padding = _padded(module, x)
+        x, padding = conv_padding(module, x, _lean_pad)
         output_padding = (0,) * nd
     geometry = (nd, module.transposed, tuple(module.stride), padding, tuple(module.dilation), module.groups,
                 tuple(output_padding))

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd import Function
 
-from ._common import cast, memory_format, no_autocast, opmath, plain, wants_lean
+from .._ops import cast, no_autocast
+from ._common import memory_format, opmath, plain, wants_lean
 
 
 class _BatchNormEval(Function):

@@ -17,7 +17,8 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _ntuple
 
-from ._common import cast, is_channels_last, plain, shape_only, wants_lean
+from .._ops import cast
+from ._common import is_channels_last, plain, shape_only, wants_lean
 
 _MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AMAX = {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}

@@ -24,7 +24,6 @@ their references to the shards so no unsharded original stays alive.
 from __future__ import annotations
 
 import functools
-import sys
 import weakref
 from typing import Any, ClassVar
 
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
+from .._tensor import is_dtensor
 from . import _carry
 from ._layout import Layout, _put, _take  # noqa: F401  (_put/_take: re-exported for the strategies)
 
@@ -46,16 +46,6 @@ _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def fsdp_managed(module: nn.Module) -> bool:
     """Whether ``fully_shard`` manages ``module``'s Parameters (it marks every module it manages)."""
     return bool(module.__dict__.get("_is_fsdp_managed_module", False))
-
-
-def is_dtensor(tensor: Any) -> bool:
-    dtensor = sys.modules.get("torch.distributed.tensor")  # not imported: no DTensor can exist
-    return dtensor is not None and isinstance(tensor, dtensor.DTensor)
-
-
-def gathered(tensor: Tensor) -> Tensor:
-    """The full tensor of a DTensor (a collective), any other tensor as it is."""
-    return tensor.full_tensor() if is_dtensor(tensor) else tensor
 
 
 class Strategy:

@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._tensor import gathered, is_dtensor
 from . import _forward
-from ._base import Strategy, _put, _take, fsdp_managed, gathered, is_dtensor
+from ._base import Strategy, _put, _take, fsdp_managed
 from ._forward import foreign_forward
 from ._layout import Layout
 

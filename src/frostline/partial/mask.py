@@ -27,7 +27,8 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-from ._base import Strategy, fsdp_managed, gathered, is_dtensor
+from .._tensor import gathered, is_dtensor
+from ._base import Strategy, fsdp_managed
 from ._layout import Layout
 
 

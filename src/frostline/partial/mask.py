@@ -29,8 +29,10 @@ from torch import Tensor, nn
 
 from ._base import Strategy, fsdp_managed, gathered, is_dtensor
 from ._layout import Layout
+from ._registry import register
 
 
+@register
 class Mask(Strategy):
     strategy = "mask"
 

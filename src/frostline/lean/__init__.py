@@ -50,6 +50,7 @@ from __future__ import annotations
 
 DEFAULT: bool = True  # read by every freeze(..., lean=None) call: set frostline.lean.DEFAULT = False to turn it off
 
+from . import activation, conv, native, norm, pool  # noqa: E402, F401  (the families: each registers what it covers)
 from ._core import keeps, refresh  # noqa: E402  (after DEFAULT, which _core reads from this module)
 from ._recompute import recompute
 from .measure import saved_bytes

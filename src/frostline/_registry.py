@@ -18,12 +18,12 @@ frostline.errors.FrostlineError: colour 'red' is registered already (as 1); unre
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
 
 from .errors import FrostlineError
 
-K = TypeVar("K", bound=Hashable)
+K = TypeVar("K")  # hashable: a dict key
 V = TypeVar("V")
 
 

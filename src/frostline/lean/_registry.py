@@ -36,6 +36,6 @@ def register(cls: type[nn.Module], forward: Callable | None, keeps: str) -> None
 def covering(cls: type[nn.Module]) -> type[nn.Module] | None:
     """The registered class that covers modules of class ``cls``, or None."""
     for base in cls.__mro__:
-        if base in COVERS and cls.forward is base.forward:
+        if base in COVERS and cls.forward is getattr(base, "forward", None):
             return base
     return None

@@ -27,7 +27,7 @@ from .selection import Spec, select
 
 __all__ = ["freeze", "unfreeze", "is_frozen", "frozen_names"]
 
-Strategy = Literal["auto", "delta", "split", "mask"]
+Strategy = str  # "auto" or a registered strategy's name (frostline.partial.STRATEGIES)
 PreChange = Callable[..., None]  # check(model, names, *, freezing, partial): raises to refuse a change
 _PRE_CHANGE: list[PreChange] = []
 
@@ -80,8 +80,9 @@ def freeze(
             Conv, output rows of a Linear, token rows of an Embedding.
         dim (int): the dimension ``rows`` index (1 for input channels / columns).
         mask (Tensor): bool tensor of the parameter's shape, True where the element is frozen.
-        strategy (str): how a partial freeze is stored: ``"auto"``, ``"delta"``, ``"split"`` or ``"mask"`` (see
-            :mod:`frostline.partial`). Partial freezes of one tensor combine; frozen elements stay bit-identical.
+        strategy (str): how a partial freeze is stored: ``"auto"`` or a registered strategy's name (built in:
+            ``"delta"``, ``"split"``, ``"mask"``; see :mod:`frostline.partial`). Partial freezes of one tensor
+            combine; frozen elements stay bit-identical.
         eval_frozen (bool): keep frozen running-statistics norms and dropout in inference behaviour, even after a
             later ``model.train()`` (Keras ``trainable=False`` semantics). False keeps PyTorch's default.
         lean (bool): run fully frozen modules through autograd functions that keep only what input gradients

@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import frostline
 from frostline.distributed import DistributedFreezeError, audit_ranks, ddp, trainable_state_dict
-from frostline.partial import get_partial
+from frostline.partial import STRATEGIES, get_partial
 
 FROZEN = ["backbone", "aux"]
 
@@ -67,7 +67,7 @@ def whole() -> None:
 
 def partial() -> None:
     """Each strategy, under plain DDP and frostline's ddp(): replicas bit-identical, frozen rows as at the start."""
-    for strategy in ("delta", "split", "mask"):
+    for strategy in STRATEGIES:
         for wrap in (DDP, ddp):
             model = frostline.freeze(net(), "aux")
             frostline.freeze(model, "backbone.0.weight", rows=range(12), strategy=strategy)  # 12 of 16 rows

@@ -9,8 +9,6 @@ parameter-free module whose next module with parameters is) and its recorded cho
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import nn
 from torch.nn.parameter import is_lazy
 
@@ -18,7 +16,7 @@ from .. import _patch
 from .._state import FreezeState
 from ..errors import FreezeError
 from . import _recompute as recompute
-from . import activation, conv, norm, pool
+from ._registry import COVERS, Cover, covering
 
 CHOICE = "_frostline_lean"
 
@@ -32,24 +30,11 @@ def _default() -> bool:
         raise FreezeError(f"frostline.lean.DEFAULT must be True or False, not {lean.DEFAULT!r}")
     return lean.DEFAULT
 
-_NATIVE: list[tuple[type, None, str]] = [  # PyTorch already keeps the least for these; recorded for explain
-    (nn.Linear, None, "the weight only (PyTorch drops a frozen Linear's input)"),
-    (nn.Embedding, None, "nothing"),
-    *[(cls, None, "nothing in eval (a byte mask in training, as PyTorch)") for cls in
-      (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)],
-    (nn.Identity, None, "nothing"),
-    (nn.Flatten, None, "nothing"),
-    (nn.Unflatten, None, "nothing"),
-]
-COVERS: list[tuple[type, Callable | None, str]] = conv.COVERS + norm.COVERS + activation.COVERS + pool.COVERS + _NATIVE
 
-
-def cover(module: nn.Module) -> tuple[Callable | None, str] | None:
+def cover(module: nn.Module) -> Cover | None:
     """The lean forward (None: PyTorch's own is already lean) and what it keeps, for a covered module."""
-    for base, forward, keeps in COVERS:
-        if isinstance(module, base) and type(module).forward is base.forward:
-            return forward, keeps
-    return None
+    base = covering(type(module))
+    return None if base is None else COVERS[base]
 
 
 def _eligible(model: nn.Module, state: FreezeState) -> dict[str, bool]:

@@ -24,6 +24,7 @@ from torch.autograd.function import once_differentiable
 from .._ops import cast
 from . import _bits
 from ._common import opmath, plain, wants_lean
+from ._registry import register
 
 
 def _zero_bits(x: Tensor, low: float, high: float) -> Tensor:
@@ -89,12 +90,10 @@ def leaky_relu_forward(module: nn.LeakyReLU, *args, **kwargs) -> Tensor:
 
 
 BITS = "a 1-bit mask per element; not the input or output"
-COVERS = [
-    (nn.ReLU, relu_forward, BITS),
-    (nn.Hardtanh, hardtanh_forward, BITS),  # ReLU6 is a Hardtanh
-    (nn.LeakyReLU, leaky_relu_forward, BITS),
-    (nn.GELU, None, "its input (PyTorch's own op keeps only that)"),
-    (nn.SiLU, None, "its input (PyTorch's own op keeps only that)"),
-    (nn.Tanh, None, "its output (PyTorch's own op keeps only that; the next layer may hold it too)"),
-    (nn.Sigmoid, None, "its output (PyTorch's own op keeps only that; the next layer may hold it too)"),
-]
+register(nn.ReLU, relu_forward, BITS)
+register(nn.Hardtanh, hardtanh_forward, BITS)  # ReLU6 is a Hardtanh
+register(nn.LeakyReLU, leaky_relu_forward, BITS)
+register(nn.GELU, None, "its input (PyTorch's own op keeps only that)")
+register(nn.SiLU, None, "its input (PyTorch's own op keeps only that)")
+register(nn.Tanh, None, "its output (PyTorch's own op keeps only that; the next layer may hold it too)")
+register(nn.Sigmoid, None, "its output (PyTorch's own op keeps only that; the next layer may hold it too)")

@@ -21,6 +21,7 @@ from torch.autograd.function import once_differentiable
 
 from .._ops import cast, conv_padding, no_autocast
 from ._common import is_channels_last, plain, shape_only, wants_lean
+from ._registry import register
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _TRANSPOSED = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -100,5 +101,5 @@ def conv_forward(module: nn.modules.conv._ConvNd, *args, **kwargs) -> Tensor:
 
 
 KEEPS = "the weight (a parameter, already resident); not the input"
-COVERS = [(cls, conv_forward, KEEPS) for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
-                                                 nn.ConvTranspose2d, nn.ConvTranspose3d)]
+for _cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
+    register(_cls, conv_forward, KEEPS)

@@ -52,10 +52,12 @@ class Strategy:
     """One partially frozen tensor, ``module.<local>``, stored the way a strategy stores it.
 
     Subclasses set ``strategy`` and implement ``_setup``, ``layout``, ``trainable_parameters``, ``after_step`` and,
-    where they keep copies of values, ``sync``/``_reload``/``internal_values``/``load_trainable``.
+    where they keep copies of values, ``sync``/``_reload``/``internal_values``/``load_trainable``; registered
+    (:func:`frostline.partial.register`), ``freeze(..., strategy=<its name>)`` uses them.
     """
 
     strategy: ClassVar[str]
+    auto_pick: ClassVar[bool] = False  # a registered strategy, not built in: strategy="auto" may pick it (choose)
     needs_forward: ClassVar[bool] = False  # the module must run through frostline's forward (see _forward.py)
     tied = False  # True once another module's use of the Parameter is served too (``serve``)
 

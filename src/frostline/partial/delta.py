@@ -42,8 +42,10 @@ from . import _forward
 from ._base import Strategy, _put, _take, fsdp_managed
 from ._forward import foreign_forward
 from ._layout import Layout
+from ._registry import register
 
 
+@register
 class Delta(Strategy):
     strategy = "delta"
     needs_forward = True

@@ -30,8 +30,10 @@ from torch import Tensor, nn
 from .._tensor import gathered, is_dtensor
 from ._base import Strategy, fsdp_managed
 from ._layout import Layout
+from ._registry import register
 
 
+@register
 class Mask(Strategy):
     strategy = "mask"
 

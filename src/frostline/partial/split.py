@@ -19,11 +19,13 @@ from torch import Tensor, nn
 from .._ops import autocast_dtype, conv_padding, no_autocast
 from . import _forward
 from ._layout import Layout
+from ._registry import register
 from .delta import Delta
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+@register
 class Split(Delta):
     strategy = "split"
     owns_forward = True

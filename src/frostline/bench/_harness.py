@@ -21,6 +21,7 @@ and process RSS is too noisy on a shared machine to compare methods that differ 
 
 from __future__ import annotations
 
+import copy
 import gc
 import statistics
 import time
@@ -136,6 +137,22 @@ def measure(methods: list[Method], *, rounds: int, steps: int, warmup: int,
             row.ratio = statistics.median(row.ratios)
             row.step_ms = 1e3 * statistics.median(spent)
     return rows
+
+
+def strategies(probe: nn.Module, **freeze_kwargs: object) -> tuple[str, ...]:
+    """``"auto"`` and every registered partial strategy (:data:`frostline.partial.STRATEGIES`) that can store the
+    partial freeze ``freeze_kwargs`` describes on a small stand-in ``probe`` (the others raise FreezeError)."""
+    from ..freeze import freeze
+    from ..partial import STRATEGIES
+
+    usable = ["auto"]
+    for name in STRATEGIES:
+        try:
+            freeze(copy.deepcopy(probe), strategy=name, **freeze_kwargs)  # type: ignore[arg-type]
+        except FreezeError:
+            continue
+        usable.append(name)
+    return tuple(usable)
 
 
 def _setup(method: Method, row: Row) -> Trial | None:

@@ -19,11 +19,10 @@ from .._state import get_partial
 from ..freeze import freeze
 from ..models import seed_cnn
 from ..optim import optimizer as frostline_optimizer
-from ._harness import Method, Trial, train_step
+from ._harness import Method, Trial, strategies, train_step
 
 TITLE = "case A: seed CNN, half of every conv's filters frozen, AdamW wd=0.01"
 FRONT = ["0", "2", "3"]  # the front four modules of the Sequential (module 1 is a ReLU)
-STRATEGIES = ("auto", "split", "mask", "delta")
 Batch = tuple[Tensor, Tensor]
 
 
@@ -145,5 +144,5 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
         Method("front 4 modules: freeze", "frostline", partial(front_frostline, data)),
         Method("half filters: store/restore", "hand", partial(half_restore, data)),
         Method("half filters: gradient mask", "hand", partial(half_gradmask, data)),
-        *[Method(f"half filters: strategy={s}", "frostline", partial(half_frostline, data, s)) for s in STRATEGIES],
+        *[Method(f"half filters: strategy={s}", "frostline", partial(half_frostline, data, s)) for s in strategies(nn.Conv2d(2, 4, 3), spec="weight", rows=[0, 1])],
     ]

@@ -18,12 +18,11 @@ from torch import Tensor, nn
 from .._state import get_partial
 from ..freeze import freeze
 from ..optim import optimizer as frostline_optimizer
-from ._harness import Method, Trial, train_step
+from ._harness import Method, Trial, strategies, train_step
 
 TITLE = "case B: 30522x384 embedding, 64 trainable rows, AdamW wd=0.01"
 VOCAB, DIM = 30522, 384
 TRAINABLE = torch.arange(0, VOCAB, VOCAB // 64)[:64]
-STRATEGIES = ("auto", "delta", "mask")
 Batch = tuple[Tensor, Tensor]
 
 
@@ -137,5 +136,5 @@ def methods(quick: bool, model_path: object = None) -> tuple[str, list[Method]]:
         Method("64 rows: store/restore", "hand", partial(restore, data)),
         Method("64 rows: gradient mask", "hand", partial(gradmask, data)),
         Method("64 rows: sparse delta", "hand", partial(sparse_delta, data)),
-        *[Method(f"64 rows: strategy={s}", "frostline", partial(strategy, data, s)) for s in STRATEGIES],
+        *[Method(f"64 rows: strategy={s}", "frostline", partial(strategy, data, s)) for s in strategies(nn.Embedding(8, 4), spec="weight", rows=[0, 1])],
     ]

@@ -156,3 +156,16 @@ def storage_key(t: Tensor) -> tuple[int, int] | None:
         return storage.data_ptr(), storage.nbytes()
     except (RuntimeError, NotImplementedError, TypeError):
         return None
+
+
+def put(target: Tensor, dim: int | None, index: Tensor, values: Tensor) -> None:
+    """``target[index along dim] = values`` in place (flat row-major element indices when ``dim`` is None)."""
+    if dim is None:
+        target.put_(index, values.reshape(-1))
+    else:
+        target.index_copy_(dim, index, values)
+
+
+def take(source: Tensor, dim: int | None, index: Tensor) -> Tensor:
+    """``source[index along dim]`` (flat row-major element indices when ``dim`` is None)."""
+    return torch.take(source, index) if dim is None else source.index_select(dim, index)

@@ -35,8 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from ._state import FreezeState, PartialTensor, get_partial, kept_in_eval, named_logical_parameters
+from ._tensor import take
 from .errors import FrostlineError
-from .partial._base import _take
 
 __all__ = ["trainable_state_dict", "load_trainable_state_dict", "IncompatibleKeys"]
 
@@ -74,7 +74,7 @@ def trainable_state_dict(model: nn.Module, *, buffers: bool = True) -> dict[str,
         layout = part.layout()
         index = layout.trainable_index()
         out[_index_key(name, layout.dim)] = index
-        out[name + VALUES] = _take(part.full(), layout.dim, index)
+        out[name + VALUES] = take(part.full(), layout.dim, index)
     if buffers:
         out.update(_training_buffers(model))
     return out

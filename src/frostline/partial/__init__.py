@@ -42,7 +42,7 @@ from ..errors import FreezeError
 from . import _carry, _forward
 from ._base import Strategy
 from ._hooks import attach, detach
-from ._layout import Layout, Rows, request
+from ._layout import Layout, Rows, request, row_index  # noqa: F401  (row_index: tokens validates rows with it)
 from ._registry import STRATEGIES, auto_pickable, register
 
 # the built-in strategies, each module registering its class: this import order is the registry's (names are

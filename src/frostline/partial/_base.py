@@ -32,9 +32,9 @@ from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
-from .._tensor import is_dtensor
+from .._tensor import is_dtensor, put
 from . import _carry
-from ._layout import Layout, _put, _take  # noqa: F401  (_put/_take: re-exported for the strategies)
+from ._layout import Layout
 
 _ACTIVE: dict[int, weakref.ref] = {}  # id(Parameter an optimizer steps) -> weakref to the strategy to run after
 # strategies whose module FSDP2 manages: the Parameters an optimizer steps are FSDP's shards, found on the module
@@ -118,7 +118,7 @@ class Strategy:
         """Write trainable ``values`` (the layout of :func:`frostline.trainable_state_dict`) into storage."""
         with torch.no_grad():
             full = self.param.detach().clone()
-            _put(full, self.layout().dim, index.to(full.device), values.to(full))
+            put(full, self.layout().dim, index.to(full.device), values.to(full))
             self.param.detach().copy_(full)
             for name, value in self.internal_values(full).items():
                 self.module._parameters[name].detach().copy_(value)

@@ -126,3 +126,30 @@ def test_no_wrapper_no_refusal() -> None:
     frostline.freeze(model, "0.weight", rows=[0, 1])
     frostline.unfreeze(frostline.freeze(model, "1"), "1")
     assert frostline.is_frozen(model, "0.weight") == "partial" and frostline.is_frozen(model, "1.weight") is False
+
+
+@needs_gloo
+def test_a_wrapper_built_before_frostlines_first_freezing_call_is_still_seen():
+    """Nothing is installed at import; the DDP watch starts at the first freezing call and finds older wrappers."""
+    code = (
+        "import torch, torch.distributed as dist\n"
+        "from torch import nn\n"
+        "from torch.nn.parallel import DistributedDataParallel\n"
+        "import frostline\n"
+        "from frostline.distributed import DistributedFreezeError\n"
+        "dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)\n"
+        "model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))\n"
+        "wrapped = DistributedDataParallel(model)  # before any frostline call\n"
+        "try:\n"
+        "    frostline.freeze(model, '0')\n"
+        "    print('NOT REFUSED')\n"
+        "except DistributedFreezeError as error:\n"
+        "    print('REFUSED', 'live DistributedDataParallel' in str(error))\n"
+        "del wrapped\n"
+        "import gc; gc.collect()\n"
+        "frostline.freeze(model, '0')  # the wrapper is gone: allowed\n"
+        "print('FROZEN', model[0].weight.requires_grad)\n"
+        "dist.destroy_process_group()\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "REFUSED True" in run.stdout and "FROZEN False" in run.stdout, run.stdout + run.stderr[-3000:]

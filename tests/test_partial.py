@@ -17,7 +17,7 @@ from frostline._state import named_logical_parameters
 from frostline.partial import STRATEGIES, get_partial
 from frostline.summary import optimizer_state_bytes
 
-STRATS = ["mask", "delta", "split"]
+STRATS = list(STRATEGIES)  # the registered strategies: a new one runs through every test over STRATS
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -395,6 +395,69 @@ def test_gradients_match_the_unfrozen_module_on_trainable_elements(make, x, stra
 def test_registry_lists_one_class_per_strategy():
     assert set(STRATEGIES) == {"mask", "delta", "split"}
     assert {cls.strategy for cls in STRATEGIES.values()} == set(STRATEGIES)
+
+
+def test_a_registered_strategy_is_accepted_by_name_and_forgotten_after():
+    from toy_strategy import Restore, registered
+
+    with registered():
+        assert STRATEGIES["restore"] is Restore
+        model = frostline.freeze(_cnn(), "0.weight", rows=[0, 2], strategy="restore")
+        assert get_partial(model, "0.weight").strategy == "restore"
+    assert "restore" not in STRATEGIES
+    assert get_partial(model, "0.weight").strategy == "restore"  # what it stores already keeps working
+    with pytest.raises(FreezeError, match="unknown strategy 'restore'; choose one of 'auto', 'mask', 'delta', 'split'"):
+        frostline.freeze(_cnn(), "0.weight", rows=[0], strategy="restore")
+
+
+def test_auto_picks_a_registered_strategy_only_when_it_says_so():
+    from toy_strategy import Restore, registered
+
+    class Eager(Restore):  # serves Linear weights only, and lets auto pick it there
+        strategy, auto_pick = "eager", True
+
+        @classmethod
+        def why_not(cls, module, local, layout, tied):
+            return None if isinstance(module, nn.Linear) and local == "weight" else "Linear weights only"
+
+    def chosen():
+        model = nn.Sequential(nn.Linear(4, 4), nn.Conv1d(4, 4, 1))
+        for name in ("0.weight", "1.weight"):
+            frostline.freeze(model, name, rows=[0])
+        return [get_partial(model, name).strategy for name in ("0.weight", "1.weight")]
+
+    before = chosen()
+    with registered():  # restore: not auto_pick, so auto chooses among the built-ins as before
+        assert chosen() == before == ["split", "split"]
+    frostline.partial.register(Eager)
+    try:
+        assert chosen() == ["eager", "split"]
+    finally:
+        frostline.partial.unregister("eager")
+    assert chosen() == before
+
+
+def test_register_refuses_what_is_not_a_strategy_and_taken_names():
+    from toy_strategy import Restore
+
+    class Nameless(Restore):
+        pass
+
+    class Auto(Restore):
+        strategy = "auto"
+
+    class Second(Restore):
+        strategy = "mask"
+
+    for bad, match in [(nn.Linear, "subclass of frostline.partial.Strategy"), (Nameless, "class attribute strategy"),
+                       (Auto, "other than 'auto'"), (Second, "'mask' is registered already, by Mask")]:
+        with pytest.raises(FreezeError, match=match):
+            frostline.partial.register(bad)
+    with pytest.raises(FreezeError, match="built into frostline"):
+        frostline.partial.unregister("mask")
+    with pytest.raises(FreezeError, match=r"no strategy 'restore' is registered \(registered: 'mask', 'delta'"):
+        frostline.partial.unregister("restore")
+    assert set(STRATEGIES) == {"mask", "delta", "split"}
 
 
 @pytest.mark.parametrize("strategy", STRATS)

@@ -18,7 +18,16 @@ from torch import nn
 import frostline
 import frostline.models
 from frostline.errors import FrostlineError
-from frostline.schedules import AutoFreeze, Change, GradualUnfreeze, ProgressiveFreeze, UnfreezeAt, _optim
+from frostline.schedules import (
+    SCHEDULES,
+    AutoFreeze,
+    Change,
+    GradualUnfreeze,
+    LayerwiseSampling,
+    ProgressiveFreeze,
+    UnfreezeAt,
+    _optim,
+)
 
 
 def mlp(depth: int = 4, width: int = 6) -> nn.Sequential:
@@ -360,13 +369,19 @@ def test_autofreeze_never_freezes_above_a_trainable_group(intervals):
         _step_with_norms(model, optimizer, norms)
 
 
-# -- checkpoints: resume continues exactly ----------------------------------------------------------------------
-SCHEDULES = {
-    "gradual": (lambda: GradualUnfreeze(lr_divisor=2.6), "epoch"),
-    "unfreeze_at": (lambda: UnfreezeAt("0", epoch=2, warmup_epochs=2), "epoch"),
-    "progressive": (lambda: ProgressiveFreeze(t0=0.3, total_steps=12), "step"),
-    "autofreeze": (lambda: AutoFreeze(every_n_steps=2), "step"),
+# -- every registered schedule: checkpoints resume exactly, changes are logged ------------------------------------
+ARGUMENTS = {  # a registered schedule missing here is built with its defaults: SCHEDULES[name]()
+    "GradualUnfreeze": lambda: GradualUnfreeze(lr_divisor=2.6),
+    "UnfreezeAt": lambda: UnfreezeAt("0", epoch=2, warmup_epochs=2),
+    "ProgressiveFreeze": lambda: ProgressiveFreeze(t0=0.3, total_steps=12),
+    "AutoFreeze": lambda: AutoFreeze(every_n_steps=2),
+    "LayerwiseSampling": lambda: LayerwiseSampling(n_active=2, every=3, seed=1),
 }
+
+
+def _maker(kind):
+    """The factory of schedule ``kind`` and the counter it is driven by."""
+    return ARGUMENTS.get(kind, SCHEDULES[kind]), SCHEDULES[kind].unit
 
 
 def _run(make, unit, start, stop, model, optimizer, schedule):
@@ -381,7 +396,7 @@ def _run(make, unit, start, stop, model, optimizer, schedule):
 
 @pytest.mark.parametrize("kind", SCHEDULES)
 def test_resume_continues_exactly(kind):
-    make, unit = SCHEDULES[kind]
+    make, unit = _maker(kind)
     model, schedule = mlp(4), make()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     _run(make, unit, 0, 6, model, optimizer, schedule)
@@ -406,6 +421,26 @@ def test_resume_continues_exactly(kind):
     assert group_names(resumed, resumed_optimizer) == group_names(model, optimizer)
     assert [g["lr"] for g in resumed_optimizer.param_groups] == [g["lr"] for g in optimizer.param_groups]
     assert [c.to_dict() for c in resumed_schedule.history] == [c.to_dict() for c in schedule.history]
+
+
+@pytest.mark.parametrize("kind", SCHEDULES)
+def test_every_change_is_logged_and_recorded(kind, caplog):
+    make, unit = _maker(kind)
+    model, schedule = mlp(4), make()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    with caplog.at_level(logging.INFO, logger="frostline.schedules"):
+        _run(make, unit, 0, 6, model, optimizer, schedule)
+    assert schedule.history, f"{kind} changed nothing in 6 epochs (12 steps): pick arguments that do (ARGUMENTS)"
+    logged = [r.getMessage() for r in caplog.records if r.name == "frostline.schedules"]
+    for change in schedule.history:
+        assert f"{kind} {change}" in logged
+    assert all(isinstance(change, Change) for change in schedule.history)
+
+
+def test_the_registry_lists_each_schedule_by_the_name_its_checkpoint_records():
+    assert set(SCHEDULES) == {"AutoFreeze", "GradualUnfreeze", "LayerwiseSampling", "ProgressiveFreeze", "UnfreezeAt"}
+    for name, cls in SCHEDULES.items():
+        assert cls.__name__ == name and _maker(name)[0]().state_dict()["schedule"] == name
 
 
 # -- errors, logging, import hygiene ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ True
 
 from . import distributed as distributed  # frostline.distributed.ddp / audit_ranks / trainable_state_dict
 from . import lean as lean  # frostline.lean.keeps / saved_bytes
+from ._patch import patched
 from .audit import Finding, audit
 from .cache import FeatureCache, with_ids
 from .checkpoint import load_trainable_state_dict, trainable_state_dict
@@ -63,6 +64,7 @@ __all__ = [
     "load_trainable_state_dict",
     "optimizer",
     "param_groups",
+    "patched",
     "select",
     "snapshot",
     "spectrum",

@@ -33,10 +33,16 @@ def human_count(n: float) -> str:
     return f"{n:.0f}"
 
 
-def brief(names: Sequence[str], keep: int = 3) -> str:
-    """The first ``keep`` names and how many more: ``"a, b, c, ... (+5)"``."""
+def brief(names: Sequence[str], keep: int = 3, *, noun: str | None = None) -> str:
+    """The first ``keep`` names and how many more: ``"a, b, c, ... (+5)"``; with a ``noun``, counted first:
+    ``"8 parameters (a, b, c, ... (+5))"``.
+
+    >>> brief(["a", "b", "c", "d", "e"]), brief(["a"], noun="parameter")
+    ('a, b, c, ... (+2)', '1 parameter (a)')
+    """
     extra = f", ... (+{len(names) - keep})" if len(names) > keep else ""
-    return ", ".join(names[:keep]) + extra
+    listed = ", ".join(names[:keep]) + extra
+    return listed if noun is None else f"{len(names)} {noun}{'s' if len(names) != 1 else ''} ({listed})"
 
 
 def paragraph(text: str, width: int | None, indent: str = "") -> str:

@@ -24,8 +24,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ._state import FreezeState
 from ._table import WIDTH, brief, human_bytes, paragraph, render
-from .freeze import _DROPOUTS, _fully_frozen, _region
 
 __all__ = ["audit", "Finding", "Findings"]
 
@@ -163,10 +163,14 @@ def _zero_lr(ctx: _Context) -> Iterable[Finding]:
 
 def _train_mode_in_frozen_regions(ctx: _Context) -> Iterable[Finding]:
     norms, dropouts = [], []
-    for module_name, tensors in _region(ctx.model).items():
-        module = ctx.model.get_submodule(module_name)
-        if module.training and _fully_frozen(ctx.model, tensors):
-            (dropouts if isinstance(module, _DROPOUTS) else norms).append(module_name)
+    state = FreezeState(ctx.model)
+    for module_name, module in state.modules.items():
+        if not (module.training and state.frozen[module_name]):
+            continue
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            dropouts.append(module_name)
+        elif isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+            norms.append(module_name)
     fix = "freeze with frostline.freeze(model, spec) (eval_frozen=True, the default, keeps them in eval); or " \
           "call .eval() on them after every model.train()"
     if norms:

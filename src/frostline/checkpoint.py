@@ -34,10 +34,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ._state import PartialTensor, get_partial, named_logical_parameters, partial_tensors
+from ._state import FreezeState, PartialTensor, get_partial, kept_in_eval, named_logical_parameters
+from ._tensor import take
 from .errors import FrostlineError
-from .freeze import _KEEP_EVAL
-from .partial._base import _take
 
 __all__ = ["trainable_state_dict", "load_trainable_state_dict", "IncompatibleKeys"]
 
@@ -75,7 +74,7 @@ def trainable_state_dict(model: nn.Module, *, buffers: bool = True) -> dict[str,
         layout = part.layout()
         index = layout.trainable_index()
         out[_index_key(name, layout.dim)] = index
-        out[name + VALUES] = _take(part.full(), layout.dim, index)
+        out[name + VALUES] = take(part.full(), layout.dim, index)
     if buffers:
         out.update(_training_buffers(model))
     return out
@@ -212,14 +211,12 @@ def _mismatch(model: nn.Module, name: str, saved: str) -> str:
 
 
 def _training_buffers(model: nn.Module) -> dict[str, Tensor]:
-    """Persistent buffers of modules that train something, or own no parameters and are not kept in eval."""
+    """Persistent buffers that training may change: those of every module except the fully frozen ones kept in
+    eval (a frozen BatchNorm left in train mode still updates its statistics, so they are kept)."""
     out = {}
-    for module_name, module in model.named_modules():
-        hidden = {n for p in partial_tensors(module).values() for n in p.internal_names()}
-        own = [(n, p) for n, p in module._parameters.items() if p is not None and n not in hidden]
-        trains = (any(p.requires_grad or n in partial_tensors(module) for n, p in own) if own
-                  else not module.__dict__.get(_KEEP_EVAL))
-        if not trains:
+    state = FreezeState(model)
+    for module_name, module in state.modules.items():
+        if state.frozen[module_name] and kept_in_eval(module):
             continue
         for local, buffer in module._buffers.items():
             if buffer is not None and local not in module._non_persistent_buffers_set:

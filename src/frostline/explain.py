@@ -40,6 +40,7 @@ from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sd
 
 from ._state import named_logical_parameters, trainable_count
 from ._table import WIDTH, human_bytes, human_count, paragraph, render
+from ._tensor import storage_key
 
 __all__ = ["explain", "Explanation", "ModuleCost"]
 
@@ -279,14 +280,6 @@ def _plot(e: Explanation, path: str | os.PathLike | None) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def _storage_key(t: Tensor) -> tuple[int, int] | None:
-    try:
-        s = t.untyped_storage()
-    except (RuntimeError, NotImplementedError):  # sparse, nested, functional wrappers: nothing to count
-        return None
-    return s.data_ptr(), s.nbytes()
-
-
 def _nodes(tensors: Iterable[Any]) -> list:
     return [t.grad_fn for t in tensors if isinstance(t, Tensor) and t.grad_fn is not None]
 
@@ -303,8 +296,8 @@ class _Meter(TorchDispatchMode):
         self.in_backward = False
         self.node_module: dict[Any, str] = {}
         self.param_ids = {id(p) for p in model.parameters()}
-        self.weights = {k[0] for p in model.parameters() if (k := _storage_key(p))}  # params, and copies of them
-        self.resident = self.weights | {k[0] for b in model.buffers() if (k := _storage_key(b))}
+        self.weights = {k[0] for p in model.parameters() if (k := storage_key(p))}  # params, and copies of them
+        self.resident = self.weights | {k[0] for b in model.buffers() if (k := storage_key(b))}
         self.saved: set[int] = set()
         self.keep_alive: list[Tensor] = []  # copies of weights, so their storage is not reused while we look
 
@@ -358,7 +351,7 @@ class _Meter(TorchDispatchMode):
 
     # -- what each op costs ---------------------------------------------------------------------------------------
     def pack(self, t: Tensor) -> Tensor:
-        key = _storage_key(t)
+        key = storage_key(t)
         if key is not None and key[0] not in self.resident and key[0] not in self.saved:
             self.saved.add(key[0])
             self.cost(self.stack[-1]).activation_bytes += key[1]
@@ -372,7 +365,7 @@ class _Meter(TorchDispatchMode):
             if packet in _COPIES and self._touches_weight(args):
                 copies = [t for t in pytree.tree_leaves(out) if isinstance(t, Tensor)]
                 self.keep_alive.extend(copies)
-                self.weights |= {k[0] for t in copies if (k := _storage_key(t))}
+                self.weights |= {k[0] for t in copies if (k := storage_key(t))}
             if packet in _FORMULAS:
                 self.cost(self.stack[-1]).forward_flops += _FORMULAS[packet](*args, **kwargs, out_val=out)
             return out
@@ -396,7 +389,7 @@ class _Meter(TorchDispatchMode):
         return out
 
     def _touches_weight(self, args: tuple) -> bool:
-        return any(isinstance(t, Tensor) and (k := _storage_key(t)) is not None and k[0] in self.weights
+        return any(isinstance(t, Tensor) and (k := storage_key(t)) is not None and k[0] in self.weights
                    for t in pytree.tree_leaves(args))
 
 

@@ -14,25 +14,35 @@ False
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from ._state import get_partial, named_logical_parameters
-from .distributed import check_change  # refuses changes a live DDP wrapper could not follow
+from . import _patch
+from ._state import FreezeState, kept_in_eval, named_logical_parameters, partial_tensors
 from .errors import FreezeError
 from .selection import Spec, select
 
 __all__ = ["freeze", "unfreeze", "is_frozen", "frozen_names"]
 
-Strategy = Literal["auto", "delta", "split", "mask"]
-_KEEP_EVAL = "_frostline_keep_eval"
-_WAS_TRAINING = "_frostline_was_training"  # mode before freezing, restored when the module is unfrozen
-_STATS_NORMS = (nn.modules.batchnorm._NormBase,)  # BatchNorm*, SyncBatchNorm, InstanceNorm*
-_DROPOUTS = (nn.modules.dropout._DropoutNd,)
+Strategy = str  # "auto" or a registered strategy's name (frostline.partial.STRATEGIES)
+PreChange = Callable[..., None]  # check(model, names, *, freezing, partial): raises to refuse a change
+_PRE_CHANGE: list[PreChange] = []
+
+
+def on_change(check: PreChange) -> PreChange:
+    """Register ``check(model, names, *, freezing, partial)``, run by ``freeze``/``unfreeze`` before anything
+    changes; it raises to refuse the change (:mod:`frostline.distributed` registers the DDP/FSDP2 check)."""
+    if check not in _PRE_CHANGE:
+        _PRE_CHANGE.append(check)
+    return check
+
+
+def _check_change(model: nn.Module, names: list[str], *, freezing: bool, partial: bool) -> None:
+    for check in _PRE_CHANGE:
+        check(model, names, freezing=freezing, partial=partial)
 
 
 def _partial_request(rows, mask) -> bool:
@@ -70,8 +80,9 @@ def freeze(
             Conv, output rows of a Linear, token rows of an Embedding.
         dim (int): the dimension ``rows`` index (1 for input channels / columns).
         mask (Tensor): bool tensor of the parameter's shape, True where the element is frozen.
-        strategy (str): how a partial freeze is stored: ``"auto"``, ``"delta"``, ``"split"`` or ``"mask"`` (see
-            :mod:`frostline.partial`). Partial freezes of one tensor combine; frozen elements stay bit-identical.
+        strategy (str): how a partial freeze is stored: ``"auto"`` or a registered strategy's name (built in:
+            ``"delta"``, ``"split"``, ``"mask"``; see :mod:`frostline.partial`). Partial freezes of one tensor
+            combine; frozen elements stay bit-identical.
         eval_frozen (bool): keep frozen running-statistics norms and dropout in inference behaviour, even after a
             later ``model.train()`` (Keras ``trainable=False`` semantics). False keeps PyTorch's default.
         lean (bool): run fully frozen modules through autograd functions that keep only what input gradients
@@ -97,7 +108,7 @@ def freeze(
 
         refuse_non_parameter(model, spec)
     names = select(model, spec)
-    check_change(model, names, freezing=True, partial=_partial_request(rows, mask))
+    _check_change(model, names, freezing=True, partial=_partial_request(rows, mask))
     if _partial_request(rows, mask):
         from .partial import freeze_partial
 
@@ -106,11 +117,9 @@ def freeze(
     else:
         if strategy != "auto":
             raise FreezeError(f"strategy={strategy!r} applies to partial freezing only; pass rows= or mask= as well")
-        for name in names:
-            _freeze_whole(model, name)
-    if eval_frozen:
-        _mark_eval(model, set(names))
-    _refresh_lean(model, lean)
+        for (module, local), name in zip(_owners(model, names), names, strict=True):
+            _freeze_whole(model, name, module, local)
+    _refresh(model, set(names) if eval_frozen else set(), lean)
     return model
 
 
@@ -135,22 +144,20 @@ def unfreeze(
     """
     _refuse_inference_mode("unfreeze")
     names = select(model, spec)
-    check_change(model, names, freezing=False, partial=_partial_request(rows, mask))
+    _check_change(model, names, freezing=False, partial=_partial_request(rows, mask))
     if _partial_request(rows, mask):
         from .partial import unfreeze_partial
 
         for name in names:
             unfreeze_partial(model, name, rows=rows, dim=dim, mask=mask)
     else:
-        for name in names:
-            if get_partial(model, name) is not None:
+        for (module, local), name in zip(_owners(model, names), names, strict=True):
+            if local in partial_tensors(module):
                 from .partial import remove_partial
 
                 remove_partial(model, name)
-            module, local = _module_and_local(model, name)
             module._parameters[local].requires_grad_(True)
-    _unmark_eval(model)
-    _refresh_lean(model, None)
+    _refresh(model, set(), None)
     return model
 
 
@@ -175,7 +182,8 @@ def is_frozen(model: nn.Module, name: str) -> bool | Literal["partial"]:
     """
     tensors = dict(named_logical_parameters(model, remove_duplicate=False))
     names = [name] if name in tensors else select(model, name)
-    states = {"partial" if get_partial(model, n) is not None else not tensors[n].requires_grad for n in names}
+    states = {"partial" if local in partial_tensors(module) else not tensors[n].requires_grad
+              for (module, local), n in zip(_owners(model, names), names, strict=True)}
     return states.pop() if len(states) == 1 else "partial"
 
 
@@ -187,57 +195,26 @@ def frozen_names(model: nn.Module) -> list[str]:
         >>> model = frostline.freeze(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), "0")
         >>> frostline.frozen_names(model)
         ['0.weight', '0.bias']"""
-    return [n for n, t in named_logical_parameters(model) if not t.requires_grad and get_partial(model, n) is None]
+    partial = {f"{m}.{local}" if m else local for m, module in model.named_modules(remove_duplicate=False)
+               for local in partial_tensors(module)}
+    return [n for n, t in named_logical_parameters(model) if not t.requires_grad and n not in partial]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def _module_and_local(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    module_name, _, local = name.rpartition(".")
-    return model.get_submodule(module_name), local
+def _owners(model: nn.Module, names: list[str]) -> list[tuple[nn.Module, str]]:
+    """``(module, local name)`` of each parameter name, from one walk of the model (not a lookup per name)."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    return [(modules[module_name], local) for module_name, _, local in (n.rpartition(".") for n in names)]
 
 
-def _freeze_whole(model: nn.Module, name: str) -> None:
-    if get_partial(model, name) is not None:
+def _freeze_whole(model: nn.Module, name: str, module: nn.Module, local: str) -> None:
+    if local in partial_tensors(module):
         from .partial import remove_partial
 
         remove_partial(model, name)
-    module, local = _module_and_local(model, name)
     param = module._parameters[local]
     param.requires_grad_(False)
     param.grad = None
-
-
-def _region(model: nn.Module, every_module: bool = False) -> dict[str, list[Tensor]]:
-    """For each eval candidate: the logical parameters whose frozenness decides it.
-
-    Candidates are running-statistics norms and dropouts (what ``audit`` checks), or with ``every_module`` every
-    module: a module with parameters is decided by all parameters beneath it, so a fully frozen block that calls
-    ``F.dropout`` under its own ``self.training`` (BERT's self-attention) keeps inference behaviour too. A module
-    without parameters is decided by its parent's.
-    """
-    logical = list(named_logical_parameters(model, remove_duplicate=False))
-    out: dict[str, list[Tensor]] = {}
-    for module_name, module in model.named_modules():
-        if not every_module:
-            if not isinstance(module, _STATS_NORMS + _DROPOUTS):
-                continue
-            if isinstance(module, _STATS_NORMS) and not module.track_running_stats:
-                continue
-        prefix = f"{module_name}." if module_name else ""
-        beneath = [t for n, t in logical if n.startswith(prefix)]
-        if beneath:
-            out[module_name] = beneath
-            continue
-        parent = module_name.rpartition(".")[0]
-        prefix = f"{parent}." if parent else ""
-        out[module_name] = [t for n, t in logical if n.startswith(prefix)]
-    return out
-
-
-def _fully_frozen(model: nn.Module, tensors: list[Tensor], names: dict[int, str] | None = None) -> bool:
-    if names is None:
-        names = {id(t): n for n, t in named_logical_parameters(model, remove_duplicate=False)}
-    return bool(tensors) and all(not t.requires_grad and get_partial(model, names[id(t)]) is None for t in tensors)
 
 
 def _keep_eval_train(module: nn.Module, mode: bool = True) -> nn.Module:
@@ -250,31 +227,20 @@ def _keep_eval_train(module: nn.Module, mode: bool = True) -> nn.Module:
     return module
 
 
-def _mark_eval(model: nn.Module, selected: set[str]) -> None:
-    names = {id(t): n for n, t in named_logical_parameters(model, remove_duplicate=False)}
-    for module_name, tensors in _region(model, every_module=True).items():
-        if not _fully_frozen(model, tensors, names) or not any(names[id(t)] in selected for t in tensors):
-            continue
-        module = model.get_submodule(module_name)
-        module.__dict__["train"] = functools.partial(_keep_eval_train, module)
-        module.__dict__[_KEEP_EVAL] = True
-        module.__dict__.setdefault(_WAS_TRAINING, module.training)
-        module.training = False
+def _refresh(model: nn.Module, selected: set[str], lean: bool | None) -> None:
+    """After the frozen set changed: derive the state once, then the eval marks, lean forwards and repr marks.
 
-
-def _unmark_eval(model: nn.Module) -> None:
-    regions = _region(model, every_module=True)
-    names = {id(t): n for n, t in named_logical_parameters(model, remove_duplicate=False)}
-    for module_name, module in model.named_modules():
-        if not module.__dict__.get(_KEEP_EVAL) or _fully_frozen(model, regions.get(module_name, []), names):
-            continue
-        del module.__dict__["train"], module.__dict__[_KEEP_EVAL]
-        # The mode it had when frozen, not its parent's: frameworks (Lightning) unfreeze while the root is in
-        # eval and do not call .train() recursively afterwards.
-        module.train(module.__dict__.pop(_WAS_TRAINING, True))
-
-
-def _refresh_lean(model: nn.Module, lean: bool | None) -> None:
+    Fully frozen modules whose region holds a just-``selected`` parameter are kept in eval; kept modules that
+    train again are released; lean re-decides; ``repr(model)`` shows the result.
+    """
     from . import lean as lean_module
 
-    lean_module.refresh(model, lean)
+    state = FreezeState(model)
+    keep = state.beneath(selected) if selected else set()
+    for name, module in state.modules.items():
+        if state.frozen[name] and name in keep:
+            _patch.keep_eval(module, _keep_eval_train)
+        elif kept_in_eval(module) and not state.frozen[name]:
+            _patch.release_eval(module)
+    lean_module.refresh(model, lean, state)
+    _patch.mark(model)

@@ -46,27 +46,16 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ._state import get_partial, named_logical_parameters, partial_tensors
+from ._state import FreezeState, get_partial, hidden_names, named_logical_parameters
 from ._table import human_bytes, render
+from ._tensor import FingerprintWeights, bits, digest, fingerprint, to_local
 from .errors import FrozenParameterChanged
-from .partial._base import is_dtensor
 
 __all__ = ["snapshot", "Snapshot", "guard", "Change"]
 
 Mode = Literal["copy", "hash", "checksum"]
 _MODES = ("copy", "hash", "checksum")
-_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_CHUNK = 1 << 20  # elements summed at once by the checksum: bounds its temporary memory (~40 MiB)
-_HOST_CHUNK = 16 << 20  # bytes copied to the host at once for hashing: bounds its host memory
 _DIGEST = 32  # bytes of a keyed BLAKE2b digest
-
-
-def _signed(x: int) -> int:
-    return x - (1 << 64) if x >= 1 << 63 else x
-
-
-_MASK = (1 << 64) - 1
-_GOLDEN, _MIX1, _MIX2 = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
 
 
 @dataclass(frozen=True)
@@ -91,73 +80,8 @@ class _Record:
     mask: Tensor | bytes | None = None  # partial tensors: the frozen mask (copy) or its print (hash/checksum)
 
 
-def _bits(t: Tensor) -> Tensor:
-    """The raw bits of ``t`` as integers, one row per element (exact comparison, NaN- and sign-aware)."""
-    flat = t.detach().reshape(-1)
-    if flat.is_complex():
-        flat = torch.view_as_real(flat).reshape(-1)
-    return flat.contiguous().view(_INT[flat.element_size()]).reshape(t.numel(), -1)
-
-
 def _digest(t: Tensor, key: bytes) -> bytes:
-    """Keyed BLAKE2b of ``t``'s raw bytes. Hashing runs on the host: the bytes are copied there in
-    ``_HOST_CHUNK`` pieces (a no-op on CPU), which is why hash mode is for snapshots, never for a training step."""
-    flat = t.detach().reshape(-1)
-    if flat.is_complex():
-        flat = torch.view_as_real(flat).reshape(-1)
-    raw = flat.contiguous().view(torch.uint8)
-    h = hashlib.blake2b(key=key, digest_size=_DIGEST)
-    for start in range(0, raw.numel(), _HOST_CHUNK):
-        h.update(raw[start:start + _HOST_CHUNK].cpu().numpy())
-    return h.digest()
-
-
-def _fingerprint(t: Tensor, weights: _Weights) -> Tensor:
-    """The checksum: two weighted sums, mod 2**64, of the raw bits with odd pseudo-random weights (splitmix64 of
-    the position).
-
-    Every weight is odd, so changing any one element changes both sums; the sums are exact integer arithmetic,
-    so the result does not depend on reduction order or device. Stays on ``t``'s device (no host sync). It is
-    linear and its weights are public: a change crafted to cancel (12 elements of a few hundred ulp) passes.
-    """
-    bits = _bits(t).reshape(-1)
-    out = torch.zeros(2, dtype=torch.int64, device=t.device)
-    for chunk_index, start in enumerate(range(0, bits.numel(), _CHUNK)):
-        chunk = bits[start:start + _CHUNK]
-        for k, w in enumerate(weights.get(chunk.numel(), t.device)):  # chunk * w promotes to int64
-            # position weight = (weight within the chunk) * (odd weight of the chunk): odd, and cheap to make
-            out[k] += (chunk * w).sum() * _mix(chunk_index, 2 * k + 1)
-    return out
-
-
-def _mix(x: int, seed: int) -> int:
-    """splitmix64 of ``x``, made odd, as a signed 64-bit int (for chunk weights)."""
-    z = (x + seed * 0x9E3779B97F4A7C15) & _MASK
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
-    return _signed((z ^ (z >> 31)) | 1)
-
-
-class _Weights:
-    """Odd pseudo-random weights per position within a chunk, made once per device for one snapshot or check."""
-
-    def __init__(self) -> None:
-        self._made: dict[torch.device, tuple[Tensor, Tensor]] = {}
-
-    def get(self, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        made = self._made.get(device)
-        if made is None or made[0].numel() < n:
-            index = torch.arange(max(n, 1024), dtype=torch.int64, device=device)
-            made = self._made[device] = (_splitmix(index, 2), _splitmix(index, 4))
-        return made[0][:n], made[1][:n]
-
-
-def _splitmix(index: Tensor, seed: int) -> Tensor:
-    # int64 arithmetic wraps around, which is what the mod-2**64 mix needs; >> is arithmetic, so mask it logical
-    z = index * _GOLDEN + _signed((seed * 0x9E3779B97F4A7C15) & _MASK)
-    z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * _MIX1
-    z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * _MIX2
-    return (z ^ ((z >> 31) & ((1 << 33) - 1))) | 1
+    return digest(t, key, _DIGEST)
 
 
 class Snapshot:
@@ -189,10 +113,10 @@ class Snapshot:
         and checksum modes compare the elements frozen now, and report a change when that set differs from the
         recorded one.
         """
-        params = {name: _local(t) for name, t in named_logical_parameters(model, remove_duplicate=False)}
+        params = {name: to_local(t) for name, t in named_logical_parameters(model, remove_duplicate=False)}
         buffers = dict(model.named_buffers(remove_duplicate=False))
         found: dict[str, Change] = {}
-        weights = _Weights()
+        weights = FingerprintWeights()
         pending: list[tuple[str, _Record, Tensor]] = []
         for name, record in self._records.items():
             now = params.get(name) if record.kind == "param" else buffers.get(name)
@@ -225,23 +149,23 @@ class Snapshot:
                 found[name] = self._describe(name, record, now)
         return [found[name] for name in self._records if name in found]
 
-    def _print(self, t: Tensor, weights: _Weights) -> Tensor | bytes:
-        return _digest(t, self._key) if self.mode == "hash" else _fingerprint(t, weights)
+    def _print(self, t: Tensor, weights: FingerprintWeights) -> Tensor | bytes:
+        return _digest(t, self._key) if self.mode == "hash" else fingerprint(t, weights)
 
     @staticmethod
     def _same(a: Tensor | bytes, b: Tensor | bytes) -> bool:
         return a == b if isinstance(a, bytes) else torch.equal(a, b)
 
-    def _differs(self, record: _Record, now: Tensor, weights: _Weights) -> Tensor:
+    def _differs(self, record: _Record, now: Tensor, weights: FingerprintWeights) -> Tensor:
         if self.mode == "checksum":
-            return (_fingerprint(now, weights) != record.values).any()
-        return (_bits(now) != _bits(record.values)).any()
+            return (fingerprint(now, weights) != record.values).any()
+        return (bits(now) != bits(record.values)).any()
 
     def _describe(self, name: str, record: _Record, now: Tensor) -> Change:
         if self.mode != "copy":
             return Change(name, None, record.count, None, f"{self.mode} differs")
         old = record.values
-        changed = (_bits(now) != _bits(old)).any(1).reshape(now.shape)
+        changed = (bits(now) != bits(old)).any(1).reshape(now.shape)
         if now.dtype == torch.bool:
             diff = 1.0
         else:
@@ -283,34 +207,21 @@ def _message(changes: list[Change]) -> str:
     return f"{head}; {hint}:\n" + render(["tensor", "changed", "of", "largest |difference|"], rows)
 
 
-def _local(tensor: Tensor) -> Tensor:
-    """This rank's shard of an FSDP2 (DTensor) parameter; any other tensor as it is."""
-    return tensor.to_local() if is_dtensor(tensor) else tensor
-
-
 def _records(model: nn.Module) -> dict[str, tuple[Literal["param", "buffer"], Tensor, Tensor | None]]:
     """What a snapshot records: (kind, tensor, frozen mask or None) by name, in model order."""
     out: dict[str, tuple[Literal["param", "buffer"], Tensor, Tensor | None]] = {}
-    frozen_below: dict[str, bool] = {}  # module name -> every logical parameter beneath it is fully frozen
     for name, tensor in named_logical_parameters(model):
-        tensor = _local(tensor)
+        tensor = to_local(tensor)
         partial = get_partial(model, name)
-        whole = partial is None and not tensor.requires_grad
         if partial is not None:
             out[name] = ("param", partial.full(), partial.frozen_mask())
-        elif whole:
+        elif not tensor.requires_grad:
             out[name] = ("param", tensor, None)
-        parts = name.split(".")[:-1]
-        for i in range(len(parts) + 1):
-            prefix = ".".join(parts[:i])
-            frozen_below[prefix] = frozen_below.get(prefix, True) and whole
-    for module_name, module in model.named_modules():
-        owner = module_name  # a module without parameters (BatchNorm without affine) goes by its nearest parent's
-        while owner not in frozen_below and owner:
-            owner = owner.rpartition(".")[0]
-        if not frozen_below.get(owner, False):
+    state = FreezeState(model)
+    for module_name, module in state.modules.items():
+        if not state.frozen[module_name]:
             continue
-        internal = {n for p in partial_tensors(module).values() for n in p.internal_names()}
+        internal = hidden_names(module)
         for local, buffer in module._buffers.items():
             full_name = f"{module_name}.{local}" if module_name else local
             if buffer is not None and local not in internal and full_name not in out:
@@ -344,7 +255,7 @@ def snapshot(model: nn.Module, mode: Mode = "copy") -> Snapshot:
         raise ValueError(f"mode must be 'copy' (exact diffs, holds a copy), 'hash' (keyed BLAKE2b, "
                          f"{_DIGEST} bytes per tensor) or 'checksum' (fast, catches accidents, not tampering), "
                          f"got {mode!r}")
-    records, weights = {}, _Weights()
+    records, weights = {}, FingerprintWeights()
     key = secrets.token_bytes(hashlib.blake2b.MAX_KEY_SIZE) if mode == "hash" else b""
     for name, (kind, tensor, mask) in _records(model).items():
         values = tensor.detach() if mask is None else tensor.detach()[mask]
@@ -357,8 +268,8 @@ def snapshot(model: nn.Module, mode: Mode = "copy") -> Snapshot:
             stored = _digest(values, key)
             stored_mask = None if mask is None else _digest(mask, key)
         else:
-            stored = _fingerprint(values, weights)
-            stored_mask = None if mask is None else _fingerprint(mask, weights)
+            stored = fingerprint(values, weights)
+            stored_mask = None if mask is None else fingerprint(mask, weights)
         records[name] = _Record(kind, tensor.shape, tensor.dtype, values.numel(), stored, stored_mask)
     return Snapshot(mode, records, key)
 

@@ -113,7 +113,7 @@ def train_token_rows(model: nn.Module, rows: Sequence[int] | Tensor, spec: Spec 
         >>> frostline.summary(model).trainable       # 2 rows of each, and the head's bias
         26
     """
-    from .partial._layout import _row_index
+    from .partial import row_index
 
     names = select(model, spec) if spec is not None else _vocabulary_names(model)
     tensors = dict(named_logical_parameters(model))
@@ -122,7 +122,7 @@ def train_token_rows(model: nn.Module, rows: Sequence[int] | Tensor, spec: Spec 
         if param.dim() == 0:
             raise FreezeError(f"{name} is a 0-d parameter and has no token rows; leave it out of spec")
         keep = torch.zeros(param.shape[0], dtype=torch.bool, device=param.device)
-        keep[_row_index(name, rows, param.shape[0], 0).to(param.device)] = True  # freeze(rows=)'s own checks
+        keep[row_index(name, rows, param.shape[0], 0).to(param.device)] = True  # freeze(rows=)'s own checks
         others = torch.nonzero(~keep).flatten()
         if not param.requires_grad and get_partial(model, name) is None:
             unfreeze(model, name)  # frozen whole: exactly ``rows`` train

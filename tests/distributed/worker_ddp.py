@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import frostline
 from frostline.distributed import DistributedFreezeError, audit_ranks, ddp, trainable_state_dict
-from frostline.partial import get_partial
+from frostline.partial import STRATEGIES, get_partial
 
 FROZEN = ["backbone", "aux"]
 
@@ -67,7 +67,7 @@ def whole() -> None:
 
 def partial() -> None:
     """Each strategy, under plain DDP and frostline's ddp(): replicas bit-identical, frozen rows as at the start."""
-    for strategy in ("delta", "split", "mask"):
+    for strategy in STRATEGIES:
         for wrap in (DDP, ddp):
             model = frostline.freeze(net(), "aux")
             frostline.freeze(model, "backbone.0.weight", rows=range(12), strategy=strategy)  # 12 of 16 rows
@@ -100,7 +100,8 @@ def refuse() -> None:
     optimizer = frostline.optimizer(model, torch.optim.SGD, lr=0.1)
     train(wrapper, optimizer, 1)
     frozen = frostline.frozen_names(model)
-    raises(lambda: frostline.unfreeze(model, "backbone"), "cannot unfreeze 4 parameters")
+    raises(lambda: frostline.unfreeze(model, "backbone"),  # one wording for a list of names (frostline._table.brief)
+           "cannot unfreeze 4 parameters (backbone.0.weight, backbone.0.bias, backbone.1.weight, ... (+1)):")
     raises(lambda: frostline.freeze(model, "head.0"), "cannot freeze 2 parameters")
     raises(lambda: frostline.freeze(model, "head.0.weight", rows=[0]), "cannot partially freeze")
     raises(lambda: frostline.unfreeze(wrapper, "module.backbone.0"), "cannot unfreeze")  # the wrapper itself

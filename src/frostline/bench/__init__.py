@@ -23,10 +23,10 @@ from typing import Any
 
 from ..errors import FrostlineError
 from . import filters, layers, prefix, rows
-from ._harness import Row, measure
+from ._harness import Method, Row, measure
 from ._report import table, write
 
-__all__ = ["CASES", "CaseResult", "run", "table", "write"]
+__all__ = ["CASES", "CaseResult", "Method", "Row", "measure", "run", "table", "write"]
 
 CASES: dict[str, ModuleType] = {"filters": filters, "rows": rows, "prefix": prefix, "layers": layers}
 FULL = {"rounds": 5, "steps": 6, "warmup": 2}  # the anchors' settings; a case may set its own SETTINGS

@@ -21,16 +21,19 @@ and process RSS is too noisy on a shared machine to compare methods that differ 
 
 from __future__ import annotations
 
+import copy
 import gc
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .._state import get_partial
+from .._tensor import storage_key
 from ..errors import FreezeError, FrozenParameterChanged
 from ..guard import snapshot
 from ..summary import optimizer_state_bytes
@@ -105,11 +108,13 @@ def train_step(forward: Callable[[], Tensor], optimizer: torch.optim.Optimizer,
 
 
 def measure(methods: list[Method], *, rounds: int, steps: int, warmup: int,
-            tick: Callable[[], object] = lambda: None) -> list[Row]:
+            tick: Callable[[], object] = lambda: None, clock: Callable[[], float] = time.perf_counter) -> list[Row]:
     """Run ``methods`` side by side (see the module docstring) and return one :class:`Row` each, in order.
 
     With ``steps=0`` (a smoke run) the one step each method runs for the memory count is the one timed.
-    ``tick`` is called once per method and round (a progress bar's ``update``).
+    ``tick`` is called once per method and round (a progress bar's ``update``). ``clock`` reads seconds: wall
+    time by default; ``time.process_time`` counts this process's CPU time only (on a machine shared with other
+    jobs, with one thread).
     """
     rows = [Row(m.name, m.by) for m in methods]
     times: list[list[float]] = [[] for _ in methods]
@@ -121,9 +126,10 @@ def measure(methods: list[Method], *, rounds: int, steps: int, warmup: int,
             for trial in trials:
                 if trial is not None:
                     trial.step()
-        sweeps = [[_timed(t.step) if t is not None else None for t in trials] for _ in range(steps)]
+        sweeps = [[_timed(t.step, clock) if t is not None else None for t in trials] for _ in range(steps)]
         if first:
-            accounted = [_account(row, t) if t is not None else None for row, t in zip(rows, trials, strict=False)]
+            accounted = [_account(row, t, clock) if t is not None else None
+                         for row, t in zip(rows, trials, strict=False)]
             sweeps = sweeps or [accounted]
             for row, trial, check in zip(rows, trials, checks, strict=False):
                 if check is not None and trial is not None:  # a check exists only for a set-up trial
@@ -142,6 +148,22 @@ def measure(methods: list[Method], *, rounds: int, steps: int, warmup: int,
             row.ratio = statistics.median(row.ratios)
             row.step_ms = 1e3 * statistics.median(spent)
     return rows
+
+
+def strategies(probe: nn.Module, **freeze_kwargs: Any) -> tuple[str, ...]:
+    """``"auto"`` and every registered partial strategy (:data:`frostline.partial.STRATEGIES`) that can store the
+    partial freeze ``freeze_kwargs`` describes on a small stand-in ``probe`` (the others raise FreezeError)."""
+    from ..freeze import freeze
+    from ..partial import STRATEGIES
+
+    usable = ["auto"]
+    for name in STRATEGIES:
+        try:
+            freeze(copy.deepcopy(probe), strategy=name, **freeze_kwargs)
+        except FreezeError:
+            continue
+        usable.append(name)
+    return tuple(usable)
 
 
 def _setup(method: Method, row: Row) -> Trial | None:
@@ -176,10 +198,10 @@ class _Check:
         return exact
 
 
-def _timed(step: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def _timed(step: Callable[[], object], clock: Callable[[], float]) -> float:
+    start = clock()
     step()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def _still_equal(before: list[Tensor], trial: Trial) -> bool:
@@ -187,30 +209,21 @@ def _still_equal(before: list[Tensor], trial: Trial) -> bool:
     return len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after, strict=False))
 
 
-def _storage(t: Tensor) -> tuple[int, int] | None:
-    """(address, bytes) of ``t``'s storage, or None for tensors without one (sparse, meta, subclasses)."""
-    try:
-        storage = t.untyped_storage()
-        return storage.data_ptr(), storage.nbytes()
-    except (RuntimeError, NotImplementedError, TypeError):
-        return None
-
-
-def _account(row: Row, trial: Trial) -> float:
+def _account(row: Row, trial: Trial, clock: Callable[[], float]) -> float:
     """Run one more step with saved-tensor hooks, fill in ``row``'s memory fields (see the module docstring) and
     return the step's duration in seconds."""
     saved: dict[int, tuple[int, Tensor]] = {}
 
     def pack(t: Tensor) -> Tensor:
-        found = _storage(t)
+        found = storage_key(t)
         if found is not None:  # keep it alive, so a gradient cannot reuse its address before we compare
             saved[found[0]] = (found[1], t)
         return t
 
-    start = time.perf_counter()
+    start = clock()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         trial.step()
-    spent = time.perf_counter() - start
+    spent = clock() - start
     in_optimizer = [p for g in trial.optimizer.param_groups for p in g["params"]]
     model_tensors = [*trial.model.parameters(), *trial.model.buffers(), *in_optimizer]
     counted: dict[int, int] = {}
@@ -218,7 +231,7 @@ def _account(row: Row, trial: Trial) -> float:
     def unique(tensors: list[Tensor]) -> int:
         total = 0
         for t in tensors:
-            found = _storage(t)
+            found = storage_key(t)
             if found is not None and found[0] not in counted:
                 counted[found[0]] = found[1]
                 total += found[1]

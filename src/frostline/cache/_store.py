@@ -8,20 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._tensor import int_view
 from ..errors import CacheError
-
-_INTS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _as_ints(t: Tensor) -> Tensor:
-    t = t.detach()
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    if t.dtype is torch.bool:
-        t = t.view(torch.uint8)
-    if t.dtype is not _INTS[t.element_size()]:
-        t = t.view(_INTS[t.element_size()])
-    return t.long()
 
 
 class _Hasher:
@@ -40,7 +28,7 @@ class _Hasher:
     def rows(self, tensors: list[Tensor], batch: int, salt: int = 0) -> Tensor:
         h: Tensor | None = None
         for t in tensors:
-            x = (t if t.dtype is torch.int64 and not t.requires_grad else _as_ints(t)).reshape(batch, -1)
+            x = (t if t.dtype is torch.int64 and not t.requires_grad else int_view(t).long()).reshape(batch, -1)
             w = self._w(x.shape[1], x.device)
             # wrapping int64 arithmetic: mv sums in another order than (x * w).sum(1), to the same value
             part = torch.mv(x, w) if x.device.type == "cpu" and x.shape[1] else (x * w).sum(1)
@@ -54,7 +42,7 @@ class _Hasher:
 
     def content(self, t: Tensor, chunk: int = 4096) -> Tensor:
         """A 64-bit hash of a whole tensor (its values, in order), as a 0-d tensor on its device."""
-        x = _as_ints(t).flatten()
+        x = int_view(t).long().flatten()
         x = torch.cat([x, x.new_zeros(-x.numel() % chunk)]).reshape(-1, chunk)
         sums = (x * self._w(chunk, x.device)).sum(1)
         return (sums * self._w(len(sums), x.device)).sum() + t.numel()

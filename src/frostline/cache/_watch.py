@@ -26,25 +26,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._tensor import int_view
+
 _BLOCK = 16  # values of a tensor compared at its turn
 _GROUP = 16  # tensors per turn
 _CHUNK = 65536  # values per slot of the rolling pass
 _EVERY = 32  # calls per slot of the rolling pass
-_INTS = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
 
 
 def _int_view(t: Tensor) -> Tensor:
     """``t``'s bits as integers of at most 32 bits, at least 1-D: a view, so later writes show through it."""
-    t = t.detach()
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    if t.dim() == 0:
-        t = t.view(1)
-    if t.dtype is torch.bool:
-        t = t.view(torch.uint8)
-    if t.element_size() == 8 and t.stride(-1) != 1:
-        t = t.unsqueeze(-1)  # view(int32) doubles the last dimension, which needs stride 1
-    return t.view(_INTS[min(t.element_size(), 4)])
+    ints = int_view(t, widest=4)
+    return ints if ints.dim() else ints.view(1)
 
 
 class _Part:

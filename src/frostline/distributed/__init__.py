@@ -8,9 +8,9 @@ stalls the reducer ("Expected to have finished reduction in the prior iteration"
 covers a parameter, :func:`frostline.freeze` and :func:`frostline.unfreeze` refuse to change whether it trains
 and raise :class:`DistributedFreezeError`: drop the wrapper, change the frozen set, wrap again. (A wrapper built
 with ``find_unused_parameters=True`` takes parameters that stop getting gradients in its stride, so freezing more
-is allowed under it; unfreezing never is.) frostline sees
-every DDP being built (a module-registration hook notices DDP assigning ``self.module``), so this holds for a
-plain ``DistributedDataParallel(model)`` as much as for :func:`ddp`.
+is allowed under it; unfreezing never is.) From frostline's first freezing call on, it sees every DDP being
+built (a module-registration hook notices DDP assigning ``self.module``; wrappers built before that call are
+found once), so this holds for a plain ``DistributedDataParallel(model)`` as much as for :func:`ddp`.
 
 **FSDP2** (``fully_shard``) shards every parameter on its own, so frozen and trainable parameters mix in one
 shard group: frozen ones get no gradient, no reduce-scatter and (with :func:`frostline.optimizer`) no optimizer
@@ -39,8 +39,11 @@ collectives: call them on every rank, in the same order. A script run with ``tor
 
 from __future__ import annotations
 
+from ..freeze import on_change
 from ._ddp import ddp, trainable_state_dict
 from ._ranks import audit_ranks
-from ._wrap import DistributedFreezeError, check_change  # noqa: F401 (check_change: frostline.freeze calls it)
+from ._wrap import DistributedFreezeError, check_change
 
-__all__ = ["DistributedFreezeError", "audit_ranks", "ddp", "trainable_state_dict"]
+on_change(check_change)  # frostline.freeze/unfreeze run it before changing anything
+
+__all__ = ["DistributedFreezeError", "audit_ranks", "check_change", "ddp", "trainable_state_dict"]

@@ -10,10 +10,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .._state import partial_tensors
-from ..partial._base import is_dtensor
+from .._state import kept_in_eval, partial_tensors
+from .._tensor import gathered
 from ._ranks import _disagreement, _frozen_states, _gather, _ranks
-from ._wrap import DistributedFreezeError, _require_process_group
+from ._wrap import DistributedFreezeError, _require_process_group, watch
 
 _IGNORE = "_ddp_params_and_buffers_to_ignore"  # the module attribute DDP's constructor reads (and only it)
 
@@ -28,12 +28,10 @@ def _group_of(kwargs: dict[str, Any]) -> dist.ProcessGroup | None:
 def _unchanging_buffers(model: nn.Module) -> list[tuple[str, Tensor]]:
     """Buffers that cannot change while the frozen set stands: those of norms frostline keeps in eval (no
     running-statistics update), and the indices, masks and saved frozen values of partial strategies."""
-    from ..freeze import _KEEP_EVAL
-
     out: dict[str, Tensor] = {}
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
-        locals_ = set(module._buffers) if module.__dict__.get(_KEEP_EVAL) else set()
+        locals_ = set(module._buffers) if kept_in_eval(module) else set()
         for local, part in partial_tensors(module).items():
             locals_ |= {local, *part.internal_names()} & set(module._buffers)
         for local in sorted(locals_):
@@ -73,6 +71,7 @@ def ddp(model: nn.Module, **kwargs: Any) -> DistributedDataParallel:
         >>> del wrapped; _ = gc.collect(); dist.destroy_process_group()     # the wrapper first (gloo)
     """
     _require_process_group("frostline.distributed.ddp")
+    watch()
     group = _group_of(kwargs)
     disagree = _disagreement(_gather((_frozen_states(model), None), group), _ranks(group))
     if disagree:
@@ -125,8 +124,7 @@ def trainable_state_dict(model: nn.Module, *, buffers: bool = True, rank: int = 
     mine = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == rank
     out = {}
     for key, value in local_state_dict(model, buffers=buffers).items():
-        if is_dtensor(value):
-            value = value.full_tensor()  # an all-gather over the tensor's mesh: every rank, in the same order
+        value = gathered(value)  # a DTensor: an all-gather over its mesh, on every rank in the same order
         if mine:
             out[key] = value.detach().to("cpu") if cpu_offload else value.detach()
     return out

@@ -16,41 +16,20 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .._state import get_partial, named_logical_parameters
-from ..partial._base import is_dtensor
+from .._tensor import FingerprintWeights, fingerprint, is_dtensor
 from ._wrap import _require_process_group, _wrappers_of
 
 if TYPE_CHECKING:
     from ..audit import Finding, Findings, Severity
 
 
-_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_ODD = (-7046029254386353131, -4658895280553007687)  # 64-bit odd constants (golden ratio, splitmix64)
-_CHUNK = 1 << 20  # elements at once: bounds the temporary memory of a fingerprint
-
-
-def _fingerprint(tensor: Tensor) -> Tensor:
-    """Two sums, mod 2**64, of the raw bits weighted by odd functions of the position, on ``tensor``'s device.
-
-    Weights are odd, so any one changed element changes both sums; integer arithmetic makes the result exact and
-    independent of reduction order. Bits, not values: ``-0.0`` differs from ``0.0``, an unchanged NaN does not.
-    """
-    flat = tensor.detach().reshape(-1)
-    flat = torch.view_as_real(flat).reshape(-1) if flat.is_complex() else flat
-    bits = flat.contiguous().view(_INT[flat.element_size()])
-    out = torch.zeros(2, dtype=torch.int64, device=tensor.device)
-    for start in range(0, bits.numel(), _CHUNK):
-        chunk = bits[start:start + _CHUNK].to(torch.int64)
-        position = torch.arange(start, start + chunk.numel(), dtype=torch.int64, device=tensor.device)
-        for k, odd in enumerate(_ODD):
-            out[k] += (chunk * (((position + k) * odd) | 1)).sum()
-    return out
-
-
 def _prints(tensors: list[Tensor]) -> list[str]:
-    """A short hex fingerprint of each tensor, fetched with one host sync (audits only, never the step path)."""
+    """A short hex fingerprint of each tensor's bits (:func:`frostline._tensor.fingerprint`: ``-0.0`` differs from
+    ``0.0``, an unchanged NaN does not), fetched with one host sync (audits only, never the step path)."""
     if not tensors:
         return []
-    sums = torch.stack([_fingerprint(t).to(tensors[0].device) for t in tensors]).tolist()
+    weights = FingerprintWeights()
+    sums = torch.stack([fingerprint(t, weights).to(tensors[0].device) for t in tensors]).tolist()
     return ["".join(f"{v & (2**64 - 1):016x}" for v in pair) for pair in sums]
 
 

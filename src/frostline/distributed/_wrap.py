@@ -4,10 +4,15 @@ DDP is noticed as it is built: a module-registration hook sees DDP's constructor
 point DDP has read its ignore list and is about to bucket exactly the parameters that require grad), so a plain
 ``DistributedDataParallel(model)`` is covered as much as :func:`frostline.distributed.ddp`. The record holds the
 wrapper weakly: a wrapper the user drops leaves it by itself.
+
+Nothing is installed at import: the hook goes in at frostline's first freezing call (:func:`watch`). Wrappers built
+before then are found once, in the garbage collector's list of objects, and recorded as they are at that moment
+(frostline changed nothing before it); without a process group no DDP can exist, so that search is skipped.
 """
 
 from __future__ import annotations
 
+import gc
 import weakref
 from typing import Any
 
@@ -15,10 +20,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.module import register_module_module_registration_hook
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.hooks import RemovableHandle
 
 from .._state import PartialTensor, get_partial, named_logical_parameters, partial_tensors
+from .._table import brief
+from .._tensor import is_dtensor
 from ..errors import FreezeError
-from ..partial._base import is_dtensor
 
 
 class DistributedFreezeError(FreezeError):
@@ -41,7 +48,19 @@ def _on_register(parent: nn.Module, name: str, child: Any) -> None:
         _BUCKETED[parent] = {id(p): n for n, p in child.named_parameters() if p.requires_grad and n not in ignored}
 
 
-_HOOK = register_module_module_registration_hook(_on_register)
+_HOOK: RemovableHandle | None = None
+
+
+def watch() -> None:
+    """Start noticing DDP wrappers as they are built (once per process); record the ones that already exist."""
+    global _HOOK
+    if _HOOK is not None:
+        return
+    _HOOK = register_module_module_registration_hook(_on_register)
+    if dist.is_available() and dist.is_initialized():
+        for obj in gc.get_objects():
+            if isinstance(obj, DistributedDataParallel) and obj not in _BUCKETED:
+                _on_register(obj, "module", obj.module)
 
 
 def _live_wrappers() -> list[tuple[DistributedDataParallel, dict[int, str]]]:
@@ -76,6 +95,7 @@ def check_change(model: nn.Module, names: list[str], *, freezing: bool, partial:
         DistributedFreezeError: a live DistributedDataParallel covers a parameter whose trainability (or storage,
             for partial freezing) would change; or partial freezing touches a parameter FSDP2 already shards.
     """
+    watch()
     wrappers = _live_wrappers() if _BUCKETED else []
     if not wrappers and not partial and not any(partial_tensors(m) for m in model.modules()):
         return  # the single-process common case: nothing could go stale
@@ -92,9 +112,9 @@ def check_change(model: nn.Module, names: list[str], *, freezing: bool, partial:
     sharded = [n for n in restructured if _sharded(model, n, changing[n])]
     if sharded:
         raise DistributedFreezeError(
-            f"cannot change the partial freezing of {_brief(sharded)} after fully_shard: the strategy adds or "
-            "replaces Parameters that FSDP2 would not shard or reduce. Freeze rows/masks before fully_shard "
-            "(whole-parameter freeze/unfreeze after fully_shard is fine)")
+            f"cannot change the partial freezing of {brief(sharded, noun='parameter')} after fully_shard: the "
+            "strategy adds or replaces Parameters that FSDP2 would not shard or reduce. Freeze rows/masks before "
+            "fully_shard (whole-parameter freeze/unfreeze after fully_shard is fine)")
     for wrapper, _ in wrappers:
         # A wrapper built with find_unused_parameters=True treats a parameter that gets no gradient as unused, so
         # freezing whole parameters is safe under it (they keep their bucket space until the next wrap).
@@ -117,18 +137,14 @@ def _wrapped_message(hit: list[str], freezing: bool, restructured: bool) -> str:
     else:
         verb, why = "unfreeze", ("they would train on this rank's gradients alone, never all-reduced, and the "
                                  "replicas would silently drift apart")
-    return (f"cannot {verb} {_brief(hit)}: a live DistributedDataParallel wrapper fixed its gradient buckets when "
-            f"it was built, and {why}.\nOn every rank: drop the wrapper (del ddp_model, and anything else holding "
-            "it), change the frozen set, wrap again (DistributedDataParallel(model, ...) or "
+    return (f"cannot {verb} {brief(hit, noun='parameter')}: a live DistributedDataParallel wrapper fixed its "
+            f"gradient buckets when it was built, and {why}.\nOn every rank: drop the wrapper (del ddp_model, and "
+            "anything else holding it), change the frozen set, wrap again (DistributedDataParallel(model, ...) or "
             "frostline.distributed.ddp(model, ...)), then frostline.sync(optimizer, model).")
 
 
-def _brief(names: list[str], keep: int = 3) -> str:
-    extra = f", ... (+{len(names) - keep} more)" if len(names) > keep else ""
-    return f"{len(names)} parameter{'s' if len(names) > 1 else ''} ({', '.join(names[:keep])}{extra})"
-
-
 def _wrappers_of(model: nn.Module) -> list[tuple[DistributedDataParallel, dict[int, str] | None]]:
+    watch()
     ids = {id(p) for p in model.parameters()}
     out: list[tuple[DistributedDataParallel, dict[int, str] | None]] = [
         (w, b) for w, b in _live_wrappers() if any(id(p) in ids for p in w.module.parameters())]

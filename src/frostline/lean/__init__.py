@@ -23,7 +23,9 @@ is bit-identical in float32), in train and eval, under autocast and activation c
 ``torch.compile``, on any device. A module runs lean only while it is fully frozen (checked again on every call),
 and only when autograd records the call: a frozen region with nothing trainable upstream keeps nothing at all.
 A parameter-free module (ReLU, pooling) runs lean when the next module with parameters is fully frozen, so the
-ReLU beside a trainable first layer drops its output too. Modules not listed keep PyTorch's behaviour.
+ReLU beside a trainable first layer drops its output too. Modules not listed keep PyTorch's behaviour. Each
+family module (``conv``, ``norm``, ``activation``, ``pool``, ``native``) registers the classes it covers
+(``lean/_registry.py``), which the table above summarises.
 
 ``lean=None`` keeps each module's current choice, and gives newly frozen modules the default,
 ``frostline.lean.DEFAULT`` (True: exact, and in ``benchmarks/lean.py`` the seed CNN keeps 1/25 of plain freezing's
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 DEFAULT: bool = True  # read by every freeze(..., lean=None) call: set frostline.lean.DEFAULT = False to turn it off
 
+from . import activation, conv, native, norm, pool  # noqa: E402, F401  (the families: each registers what it covers)
 from ._core import keeps, refresh  # noqa: E402  (after DEFAULT, which _core reads from this module)
 from ._recompute import recompute
 from .measure import saved_bytes

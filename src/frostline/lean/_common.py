@@ -1,19 +1,17 @@
-"""What every lean forward shares: when to take the lean path, and how to leave autocast out of backward."""
+"""What every lean forward shares: when to take the lean path, and the layouts and precisions of its kernels
+(casts and autocast, shared with the ``split`` strategy, are in :mod:`frostline._ops`)."""
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 from torch import Tensor, nn
 
-from .._state import partial_tensors
+from .._state import trains_own
 
 
 def frozen(module: nn.Module) -> bool:
     """True when the module owns no trainable tensor (checked on every call: a user may flip requires_grad)."""
-    return not any(p is not None and p.requires_grad for p in module._parameters.values()) and not (
-        partial_tensors(module))
+    return not trains_own(module)
 
 
 def wants_lean(module: nn.Module, x: object) -> bool:
@@ -26,11 +24,6 @@ def wants_lean(module: nn.Module, x: object) -> bool:
             and frozen(module))
 
 
-def cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """``t.to(dtype)`` without a dispatcher trip when it is one already (backward is full of such no-op casts)."""
-    return t if t.dtype == dtype else t.to(dtype)
-
-
 def opmath(dtype: torch.dtype) -> torch.dtype:
     """The precision PyTorch's CPU/CUDA kernels compute half types in."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -39,16 +32,6 @@ def opmath(dtype: torch.dtype) -> torch.dtype:
 def plain(module: nn.Module, *args, **kwargs):
     """The module's own (class) forward."""
     return type(module).forward(module, *args, **kwargs)
-
-
-def no_autocast(t: Tensor) -> contextlib.AbstractContextManager:
-    """Backward calls forward-style kernels (conv for a transposed conv's input gradient, and back); autocast
-    must not recast them when ``backward()`` is called inside an autocast region, as PyTorch's own backward
-    kernels are never autocast."""
-    kind = t.device.type
-    if kind in ("cpu", "cuda", "xpu", "mps", "hpu") and torch.is_autocast_enabled(kind):
-        return torch.autocast(kind, enabled=False)
-    return contextlib.nullcontext()
 
 
 def shape_only(shape: torch.Size, like: Tensor, channels_last: bool) -> Tensor:

@@ -1,24 +1,22 @@
 """Which modules run lean, and the switch that installs or removes their lean forward.
 
-A module runs lean when it is *eligible* and its recorded choice (``module.__dict__["_frostline_lean"]``) is
-True. The lean forward is installed as an instance attribute, ``functools.partial(family_forward, module)``, like
-``freeze``'s eval override: plain attributes, so ``deepcopy`` and pickling carry it, the class never changes and
-``state_dict`` keys stay the same. A module whose class overrides ``forward``, or that already has an instance
-``forward`` of someone else's, is left alone.
+A module runs lean when it is *eligible* (fully frozen by frostline's one rule, :mod:`frostline._state`; or a
+parameter-free module whose next module with parameters is) and its recorded choice
+(``module.__dict__["_frostline_lean"]``) is True. The lean forward is an instance attribute put there by
+:mod:`frostline._patch` (owner ``lean``, the weakest): a module whose class overrides ``forward``, or whose
+``forward`` someone else holds, is left alone.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from .._state import partial_tensors
+from .. import _patch
+from .._state import FreezeState
 from ..errors import FreezeError
 from . import _recompute as recompute
-from . import activation, conv, norm, pool
+from ._registry import COVERS, Cover, covering
 
 CHOICE = "_frostline_lean"
 
@@ -32,68 +30,41 @@ def _default() -> bool:
         raise FreezeError(f"frostline.lean.DEFAULT must be True or False, not {lean.DEFAULT!r}")
     return lean.DEFAULT
 
-_NATIVE: list[tuple[type, None, str]] = [  # PyTorch already keeps the least for these; recorded for explain
-    (nn.Linear, None, "the weight only (PyTorch drops a frozen Linear's input)"),
-    (nn.Embedding, None, "nothing"),
-    *[(cls, None, "nothing in eval (a byte mask in training, as PyTorch)") for cls in
-      (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)],
-    (nn.Identity, None, "nothing"),
-    (nn.Flatten, None, "nothing"),
-    (nn.Unflatten, None, "nothing"),
-]
-COVERS: list[tuple[type, Callable | None, str]] = conv.COVERS + norm.COVERS + activation.COVERS + pool.COVERS + _NATIVE
-_OURS = {getattr(fn, "func", fn) for _, fn, _ in COVERS if fn is not None}
 
-
-def cover(module: nn.Module) -> tuple[Callable | None, str] | None:
+def cover(module: nn.Module) -> Cover | None:
     """The lean forward (None: PyTorch's own is already lean) and what it keeps, for a covered module."""
-    for base, forward, keeps in COVERS:
-        if isinstance(module, base) and type(module).forward is base.forward:
-            return forward, keeps
-    return None
+    base = covering(type(module))
+    return None if base is None else COVERS[base]
 
 
-def _owns(module: nn.Module) -> bool:
-    return any(p is not None for p in module._parameters.values()) or bool(partial_tensors(module))
+def _eligible(model: nn.Module, state: FreezeState) -> dict[str, bool]:
+    """Per module name: may it run lean?
 
-
-def _fully_frozen(module: nn.Module) -> bool:
-    params = [p for p in module._parameters.values() if p is not None]
-    return (bool(params) and not partial_tensors(module) and not any(p.requires_grad for p in params)
-            and not any(is_lazy(p) for p in params))
-
-
-def _ours(module: nn.Module) -> bool:
-    fn = module.__dict__.get("forward")
-    return isinstance(fn, functools.partial) and fn.func in _OURS
-
-
-def _eligible(modules: list[nn.Module]) -> list[bool]:
-    """Per module: may it run lean?
-
-    A module with parameters: when it is fully frozen (no trainable and no partially frozen tensor).
-    A parameter-free module (ReLU, pooling, ...): its lean form is exact anyway; it pays where its output is not
-    also held for a weight gradient downstream, i.e. when the next module with parameters (in registration
-    order; the previous one at the end of the model) is fully frozen. The parent rule of ``eval_frozen`` would
-    miss the ReLU that sits beside a trainable first layer and feeds the frozen network.
+    A module with parameters beneath it: when it is fully frozen (the one rule of :mod:`frostline._state`), and
+    none of its own parameters is still lazy. A parameter-free module (ReLU, pooling, ...): its lean form is exact
+    anyway; it pays where its output is not also held for a weight gradient downstream, so it is eligible when it
+    is fully frozen by the rule or the next module with parameters (in registration order; the previous one at the
+    end of the model) is.
     """
-    owns = [_owns(m) for m in modules]
-    frozen = [o and _fully_frozen(m) for o, m in zip(owns, modules, strict=False)]
-    after: list[bool | None] = [None] * len(modules)
-    before: list[bool | None] = [None] * len(modules)
+    names = list(state.modules)
+    owns = [any(p is not None for p in state.modules[n]._parameters.values()) for n in names]
+    frozen = [state.frozen[n] and not any(p is not None and is_lazy(p) for p in state.modules[n]._parameters.values())
+              for n in names]
+    after: list[bool | None] = [None] * len(names)
+    before: list[bool | None] = [None] * len(names)
     last = None
-    for i in reversed(range(len(modules))):
+    for i in reversed(range(len(names))):
         after[i] = last
         last = frozen[i] if owns[i] else last
     last = None
-    for i in range(len(modules)):
+    for i in range(len(names)):
         before[i] = last
         last = frozen[i] if owns[i] else last
-    return [f if o else a if a is not None else b if b is not None else True
-            for o, f, a, b in zip(owns, frozen, after, before, strict=False)]
+    return {n: (f if state.has_parameters[n] else f or (a if a is not None else b if b is not None else True))
+            for n, o, f, a, b in zip(names, owns, frozen, after, before, strict=True)}
 
 
-def refresh(model: nn.Module, lean: bool | None) -> None:
+def refresh(model: nn.Module, lean: bool | None, state: FreezeState | None = None) -> None:
     """Re-decide which modules run lean after the frozen set changed (``freeze``/``unfreeze`` call this).
 
     Args:
@@ -101,6 +72,7 @@ def refresh(model: nn.Module, lean: bool | None) -> None:
         lean (bool | None): the choice for modules that became eligible since the last call; None gives them
             ``frostline.lean.DEFAULT`` as it is at this call. Modules already eligible keep their choice; modules
             no longer eligible lose the lean forward and their choice.
+        state (FreezeState | None): the model's freeze state, when the caller has derived it already.
 
     Raises:
         FreezeError: ``lean`` (or ``frostline.lean.DEFAULT``) is not True, False or None.
@@ -115,24 +87,23 @@ def refresh(model: nn.Module, lean: bool | None) -> None:
     """
     if lean is not None and not isinstance(lean, bool):
         raise FreezeError(f"lean must be True, False or None (frostline's default), not {lean!r}")
-    recompute.release(model)  # a recomputed block that trains again runs plain: it needs its activations
-    modules = [m for _, m in model.named_modules()]
-    for module, eligible in zip(modules, _eligible(modules), strict=False):
+    state = state or FreezeState(model)
+    recompute.release(model, state)  # a recomputed block that trains again runs plain: it needs its activations
+    for name, eligible in _eligible(model, state).items():
+        module = state.modules[name]
         found = cover(module)
-        foreign = "forward" in module.__dict__ and not _ours(module)
-        if found is None or foreign or not eligible:
-            if _ours(module):
-                del module.__dict__["forward"]
+        if found is None or not eligible:
+            _patch.remove(module, "forward", "lean")
             module.__dict__.pop(CHOICE, None)
             continue
         choice = module.__dict__.get(CHOICE)
         if choice is None:  # newly eligible: this call's lean, or the default
             choice = module.__dict__[CHOICE] = _default() if lean is None else lean
         forward = found[0]
-        if choice and forward is not None and not _ours(module):
-            module.__dict__["forward"] = functools.partial(forward, module)
-        elif not choice and _ours(module):
-            del module.__dict__["forward"]
+        if choice and forward is not None:
+            _patch.install(module, "forward", "lean", forward)
+        else:
+            _patch.remove(module, "forward", "lean")
 
 
 def keeps(module: nn.Module) -> str | None:

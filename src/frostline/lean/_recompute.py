@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .._state import partial_tensors
+from .. import _patch
+from .._state import FreezeState, subtree_frozen
 from ..errors import FreezeError
 from ._common import plain
 
@@ -37,10 +38,9 @@ KEEPS = "its inputs only: fully frozen, it recomputes its forward in backward (a
 
 
 def fully_frozen(module: nn.Module) -> bool:
-    """True when ``module`` has parameters and none of them (in the whole subtree) trains, even partially."""
-    params = list(module.parameters())
-    return (bool(params) and not any(p.requires_grad for p in params)
-            and not any(partial_tensors(m) for m in module.modules()))
+    """True when ``module`` has parameters and none of them (in the whole subtree) trains, even partially (the
+    rule of :mod:`frostline._state`, read at each call: flags may flip by hand)."""
+    return subtree_frozen(module)
 
 
 def _records(args: tuple, kwargs: dict) -> bool:
@@ -72,8 +72,7 @@ def _forward(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
 
 def recomputes(module: nn.Module) -> bool:
     """Whether ``module`` carries the recomputing forward (it recomputes while fully frozen)."""
-    fn = module.__dict__.get("forward")
-    return isinstance(fn, functools.partial) and fn.func is _forward
+    return _patch.holds(module, "forward", "recompute")
 
 
 def recompute(modules: nn.Module | Iterable[nn.Module], enabled: bool = True) -> None:
@@ -114,19 +113,20 @@ def recompute(modules: nn.Module | Iterable[nn.Module], enabled: bool = True) ->
     for module in modules:
         if not isinstance(module, nn.Module):
             raise TypeError(f"recompute takes modules (blocks), not {type(module).__name__}")
-        if enabled and "forward" in module.__dict__ and not recomputes(module):
+        if enabled and _patch.owner(module, "forward") not in (None, "recompute"):
             raise FreezeError(f"{type(module).__name__} already has an instance forward of its own "
                               f"({module.__dict__['forward']!r}); recompute would replace it. Remove it first, "
                               "or recompute the module's parent instead")
     for module in modules:
-        if enabled and not recomputes(module):
-            module.__dict__["forward"] = functools.partial(_forward, module)
-        elif not enabled and recomputes(module):
-            del module.__dict__["forward"]
+        if enabled:
+            _patch.install(module, "forward", "recompute", _forward)
+        else:
+            _patch.remove(module, "forward", "recompute")
 
 
-def release(model: nn.Module) -> None:
+def release(model: nn.Module, state: FreezeState | None = None) -> None:
     """Drop the recomputing forward from the modules of ``model`` that train again (``refresh`` calls this)."""
-    for module in model.modules():
+    modules = state.modules.values() if state is not None else model.modules()
+    for module in modules:
         if recomputes(module) and not fully_frozen(module):
-            del module.__dict__["forward"]
+            _patch.remove(module, "forward", "recompute")

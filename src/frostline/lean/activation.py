@@ -16,7 +16,6 @@ output for Tanh/Sigmoid, which the next layer may hold anyway).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch.nn.functional as F
@@ -24,8 +23,10 @@ from torch import Tensor, nn
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
+from .._ops import cast
 from . import _bits
-from ._common import cast, opmath, plain, wants_lean
+from ._common import opmath, plain, wants_lean
+from ._registry import register
 
 
 def _zero_bits(x: Tensor, low: float, high: float) -> Tensor:
@@ -92,12 +93,10 @@ def leaky_relu_forward(module: nn.LeakyReLU, *args: Any, **kwargs: Any) -> Tenso
 
 
 BITS = "a 1-bit mask per element; not the input or output"
-COVERS: list[tuple[type[nn.Module], Callable[..., Tensor] | None, str]] = [
-    (nn.ReLU, relu_forward, BITS),
-    (nn.Hardtanh, hardtanh_forward, BITS),  # ReLU6 is a Hardtanh
-    (nn.LeakyReLU, leaky_relu_forward, BITS),
-    (nn.GELU, None, "its input (PyTorch's own op keeps only that)"),
-    (nn.SiLU, None, "its input (PyTorch's own op keeps only that)"),
-    (nn.Tanh, None, "its output (PyTorch's own op keeps only that; the next layer may hold it too)"),
-    (nn.Sigmoid, None, "its output (PyTorch's own op keeps only that; the next layer may hold it too)"),
-]
+register(nn.ReLU, relu_forward, BITS)
+register(nn.Hardtanh, hardtanh_forward, BITS)  # ReLU6 is a Hardtanh
+register(nn.LeakyReLU, leaky_relu_forward, BITS)
+register(nn.GELU, None, "its input (PyTorch's own op keeps only that)")
+register(nn.SiLU, None, "its input (PyTorch's own op keeps only that)")
+register(nn.Tanh, None, "its output (PyTorch's own op keeps only that; the next layer may hold it too)")
+register(nn.Sigmoid, None, "its output (PyTorch's own op keeps only that; the next layer may hold it too)")

@@ -11,7 +11,7 @@ reflect/replicate-padded conv pads through a function that keeps only the input'
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -20,7 +20,9 @@ from torch import Tensor, nn
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from ._common import cast, is_channels_last, no_autocast, plain, shape_only, wants_lean
+from .._ops import cast, conv_padding, no_autocast
+from ._common import is_channels_last, plain, shape_only, wants_lean
+from ._registry import register
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _TRANSPOSED = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -72,19 +74,12 @@ class _Pad(Function):
         return cast(fn(grad, shape_only(shape, grad, channels_last), pads), dtype), None, None
 
 
-def _padded(module: nn.modules.conv._ConvNd, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-    """The input padded as the module pads it, and the symmetric zero padding left for the kernel."""
-    nd = len(module.kernel_size)
-    pads = module._reversed_padding_repeated_twice  # (left, right) per dim, last dim first
-    if module.padding_mode in ("reflect", "replicate"):
-        return _Pad.apply(x, tuple(pads), module.padding_mode), (0,) * nd
-    if module.padding_mode != "zeros":  # circular: slices and a cat, which keep nothing
-        return F.pad(x, pads, mode=module.padding_mode), (0,) * nd
-    if not isinstance(module.padding, str):
-        return x, tuple(module.padding)
-    if all(pads[2 * i] == pads[2 * i + 1] for i in range(nd)):
-        return x, tuple(reversed(pads[0::2]))
-    return F.pad(x, pads), (0,) * nd  # 'same' with an even kernel pads one side more
+def _lean_pad(x: Tensor, pads: Sequence[int], mode: str) -> Tensor:
+    """Reflect/replicate padding through :class:`_Pad`; circular (slices and a cat) and constant padding keep
+    nothing for backward anyway."""
+    if mode in ("reflect", "replicate"):
+        return _Pad.apply(x, tuple(pads), mode)
+    return F.pad(x, pads, mode=mode)
 
 
 def conv_forward(module: nn.modules.conv._ConvNd, *args: Any, **kwargs: Any) -> Tensor:
@@ -103,7 +98,7 @@ def conv_forward(module: nn.modules.conv._ConvNd, *args: Any, **kwargs: Any) -> 
             nd, module.dilation)  # type: ignore[arg-type]
         padding = tuple(module.padding)
     else:
-        x, padding = _padded(module, x)
+        x, padding = conv_padding(module, x, _lean_pad)
         output_padding = (0,) * nd
     geometry = (nd, module.transposed, tuple(module.stride), padding, tuple(module.dilation), module.groups,
                 tuple(output_padding))
@@ -111,6 +106,5 @@ def conv_forward(module: nn.modules.conv._ConvNd, *args: Any, **kwargs: Any) -> 
 
 
 KEEPS = "the weight (a parameter, already resident); not the input"
-COVERS: list[tuple[type[nn.Module], Callable[..., Tensor] | None, str]] = [
-    (cls, conv_forward, KEEPS)
-    for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)]
+for _cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
+    register(_cls, conv_forward, KEEPS)

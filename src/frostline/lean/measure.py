@@ -14,13 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-
-def _storage(t: Tensor) -> tuple[int, int] | None:
-    try:
-        s = t.untyped_storage()
-    except (RuntimeError, NotImplementedError):  # sparse, nested, functional wrappers: nothing to count
-        return None
-    return s.data_ptr(), s.nbytes()
+from .._tensor import storage_key
 
 
 def _enter(stack: list[str], name: str, module: nn.Module, args: Any) -> None:
@@ -48,12 +42,12 @@ def saved_bytes(model: nn.Module, *args: Any, **kwargs: Any) -> dict[str, int]:
         >>> saved_bytes(model, x)["3"]           # lean: one bit per element
         64
     """
-    resident = {key[0] for t in [*model.parameters(), *model.buffers()] if (key := _storage(t)) is not None}
+    resident = {key[0] for t in [*model.parameters(), *model.buffers()] if (key := storage_key(t)) is not None}
     seen: dict[int, tuple[int, str]] = {}
     stack: list[str] = [""]
 
     def pack(t: Tensor) -> Tensor:
-        key = _storage(t)
+        key = storage_key(t)
         if key is not None and key[0] not in resident and key[0] not in seen:
             seen[key[0]] = (key[1], stack[-1])
         return t

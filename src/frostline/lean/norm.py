@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd import Function
 
-from ._common import cast, memory_format, no_autocast, opmath, plain, wants_lean
+from .._ops import cast, no_autocast
+from ._common import memory_format, opmath, plain, wants_lean
+from ._registry import register
 
 
 class _BatchNormEval(Function):
@@ -133,9 +135,7 @@ def groupnorm_forward(module: nn.GroupNorm, *args: Any, **kwargs: Any) -> Tensor
 
 
 _BN_KEEPS = "nothing new: its per-channel scale, from the resident running variance and weight; not the input"
-COVERS: list[tuple[type[nn.Module], Callable[..., Tensor] | None, str]] = [
-    (nn.modules.batchnorm._BatchNorm, batchnorm_forward, _BN_KEEPS),
-    (nn.SyncBatchNorm, batchnorm_forward, _BN_KEEPS),
-    (nn.LayerNorm, layernorm_forward, "the input as it arrived (never an autocast copy) and per-row mean/rstd"),
-    (nn.GroupNorm, groupnorm_forward, "the input as it arrived (never an autocast copy) and per-group mean/rstd"),
-]
+register(nn.modules.batchnorm._BatchNorm, batchnorm_forward, _BN_KEEPS)
+register(nn.SyncBatchNorm, batchnorm_forward, _BN_KEEPS)  # a forward of its own: not covered by _BatchNorm's entry
+register(nn.LayerNorm, layernorm_forward, "the input as it arrived (never an autocast copy) and per-row mean/rstd")
+register(nn.GroupNorm, groupnorm_forward, "the input as it arrived (never an autocast copy) and per-group mean/rstd")

@@ -9,7 +9,6 @@ average pool to size 1 is a mean, for which PyTorch keeps nothing already.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,7 +18,9 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _ntuple
 
-from ._common import cast, is_channels_last, plain, shape_only, wants_lean
+from .._ops import cast
+from ._common import is_channels_last, plain, shape_only, wants_lean
+from ._registry import register
 
 _MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AMAX = {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}
@@ -111,6 +112,6 @@ _KINDS = {"max": (INDICES, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d),
           "adaptive_max": (INDICES, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d),
           "avg": (NOTHING, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d),
           "adaptive_avg": (NOTHING, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)}
-COVERS: list[tuple[type[nn.Module], Callable[..., Tensor] | None, str]] = [
-    (cls, functools.partial(pool_forward, kind, nd), keeps)
-    for kind, (keeps, *classes) in _KINDS.items() for nd, cls in enumerate(classes, 1)]
+for _kind, (_keeps, *_classes) in _KINDS.items():
+    for _nd, _cls in enumerate(_classes, 1):
+        register(_cls, functools.partial(pool_forward, _kind, _nd), _keeps)

@@ -3,14 +3,15 @@
 ``frostline.freeze(model, name, rows=..., dim=..., mask=..., strategy=...)`` lands here. A partially frozen
 Parameter keeps its name, identity and shape and always holds the effective values, so ``state_dict`` keys never
 change; a *strategy* decides how the trainable part is stored and trained. One file per strategy, one small
-interface (:class:`frostline.partial._base.Strategy`), one registry:
+interface (:class:`Strategy`), one registry (:data:`STRATEGIES`, filled by the classes: :func:`register`). Built in:
 
 - ``mask``: the Parameter stays trainable; frozen gradients are zeroed and frozen values restored after each step.
 - ``delta``: only the trainable rows/elements are a Parameter; optimizer state exists for them alone.
 - ``split``: delta's storage, for Linear/Conv output rows; the frozen rows' weight gradient is never computed.
 - ``auto``: split for Linear/Conv output rows, delta for Embedding rows and when at most half trains, else mask.
   A tied Parameter (one tensor, several modules: an input embedding and its LM head) gets one strategy for every
-  name: delta when at most half trains (every use feeds its one trainable storage), else mask.
+  name: delta when at most half trains (every use feeds its one trainable storage), else mask. A strategy you
+  register is picked by ``auto`` only when it sets ``auto_pick = True`` (see :func:`choose`).
 
 The visible Parameter is the truth: an in-place write to it (``nn.init``, ``.data.copy_``, ``mul_`` under
 ``no_grad``) takes effect for trainable and frozen elements alike. Changing which rows train while an optimizer
@@ -42,16 +43,23 @@ from ..errors import FreezeError
 from . import _carry, _forward
 from ._base import Strategy
 from ._hooks import attach, detach
-from ._layout import Layout, Rows, request
-from .delta import Delta
+from ._layout import Layout, Rows, request, row_index  # noqa: F401  (row_index: tokens validates rows with it)
+from ._registry import STRATEGIES, auto_pickable, register
+
+# the built-in strategies, each module registering its class: this import order is the registry's (names are
+# listed in it)
+# isort: off
 from .mask import Mask
+from .delta import Delta
 from .split import Split
 
-__all__ = ["STRATEGIES", "Strategy", "choose", "freeze_partial", "unfreeze_partial", "remove_partial", "get_partial",
-           "refuse_non_parameter"]
+# isort: on
 
-STRATEGIES: dict[str, type[Strategy]] = {"mask": Mask, "delta": Delta, "split": Split}
+__all__ = ["STRATEGIES", "Strategy", "choose", "freeze_partial", "unfreeze_partial", "remove_partial", "get_partial",
+           "refuse_non_parameter", "register", "unregister"]
+
 AUTO_DELTA_FRACTION = 0.5  # auto: delta when at most this fraction trains (optimizer work and state ∝ fraction)
+BUILT_IN = (Mask, Delta, Split)  # the strategies auto's own rule picks among (choose)
 
 
 def choose(module: nn.Module, local: str, layout: Layout, *, tied: Sequence[tuple[str, nn.Module, str]] = (),
@@ -59,7 +67,8 @@ def choose(module: nn.Module, local: str, layout: Layout, *, tied: Sequence[tupl
     """The strategy ``auto`` picks for ``layout`` of ``module.<local>``.
 
     A tensor that is already partial keeps its strategy while that can serve the new layout (so the Parameters an
-    optimizer holds do not change under it). Otherwise: split for output rows of a Linear/Conv weight; delta for
+    optimizer holds do not change under it). Otherwise the first registered strategy with ``auto_pick = True``
+    (none is built in) that can serve it, then the built-in rule: split for output rows of a Linear/Conv weight; delta for
     Embedding rows and whenever at most half the elements train; mask for the rest. ``tied`` names the other
     modules that use the same Parameter, as ``(name, module, local)``: then delta when at most half trains and
     delta can route every use, else mask.
@@ -74,6 +83,9 @@ def choose(module: nn.Module, local: str, layout: Layout, *, tied: Sequence[tupl
     """
     if current is not None and type(current).why_not(module, local, layout, tied) is None:
         return type(current)
+    for cls in auto_pickable():
+        if cls.why_not(module, local, layout, tied) is None:
+            return cls
     if tied:  # split would serve one module's op only; delta routes every use into one storage
         can_delta = Delta.why_not(module, local, layout, tied) is None
         few = layout.trainable_fraction() <= AUTO_DELTA_FRACTION
@@ -87,6 +99,20 @@ def choose(module: nn.Module, local: str, layout: Layout, *, tied: Sequence[tupl
     if Mask.why_not(module, local, layout, tied) is None or not can_delta:
         return Mask
     return Delta
+
+
+def unregister(name: str) -> type[Strategy]:
+    """Forget the strategy registered as ``name`` (tensors it stores already keep working); returns its class.
+
+    Raises:
+        FreezeError: ``name`` is not registered, or names a built-in strategy (``auto`` picks those by its rule).
+    """
+    if not isinstance(name, str) or name not in STRATEGIES:
+        raise FreezeError(f"no strategy {name!r} is registered (registered: {', '.join(map(repr, STRATEGIES))})")
+    if STRATEGIES[name] in BUILT_IN:
+        raise FreezeError(f"strategy {name!r} is built into frostline and stays registered (strategy='auto' picks "
+                          "it by its own rule); unregister only strategies you registered")
+    return STRATEGIES.remove(name)
 
 
 def freeze_partial(model: nn.Module, name: str, *, rows: Rows | None = None, dim: int = 0,
@@ -189,7 +215,8 @@ def _settle(model: nn.Module, name: str, layout: Layout, strategy: str) -> None:
 
 def _check_strategy(strategy: str) -> None:
     if strategy != "auto" and strategy not in STRATEGIES:
-        raise FreezeError(f"unknown strategy {strategy!r}; choose one of 'auto', {', '.join(map(repr, STRATEGIES))}")
+        raise FreezeError(f"unknown strategy {strategy!r}; choose one of 'auto', {', '.join(map(repr, STRATEGIES))} "
+                          "(a strategy of your own: frostline.partial.register)")
 
 
 def _strategy(module: nn.Module, local: str) -> Strategy | None:

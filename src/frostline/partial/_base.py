@@ -7,8 +7,8 @@ non-persistent buffers, so ``.to()``, ``deepcopy`` and pickling carry everything
 
 What cannot live on the module as a plain attribute is rebuilt from it instead:
 
-* the optimizer hooks: one global ``register_optimizer_step_pre_hook`` and one ``..._post_hook``, which find the
-  strategies to run by the identity of the Parameters the optimizer steps (``_ACTIVE``, filled when a strategy is
+* the optimizer hooks: one global ``register_optimizer_step_pre_hook`` and one ``..._post_hook``, installed when
+  the first strategy in the process comes to life (never at import), which find the strategies to run by the identity of the Parameters the optimizer steps (``_ACTIVE``, filled when a strategy is
   created, copied or unpickled). What an optimizer holds is examined once per change of storage or of its groups
   (``_plan``), not on every step; that examination also refuses an optimizer that holds a Parameter which no
   longer stores its tensor (``_carry.refuse_stale``). Before a step a strategy takes what the visible Parameter
@@ -24,16 +24,17 @@ their references to the shards so no unsharded original stays alive.
 from __future__ import annotations
 
 import functools
-import sys
 import weakref
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+from torch.utils.hooks import RemovableHandle
 
+from .._tensor import is_dtensor, put
 from . import _carry
-from ._layout import Layout, _put, _take  # noqa: F401  (_put/_take: re-exported for the strategies)
+from ._layout import Layout
 
 _ACTIVE: dict[int, weakref.ref] = {}  # id(Parameter an optimizer steps) -> weakref to the strategy to run after
 # strategies whose module FSDP2 manages: the Parameters an optimizer steps are FSDP's shards, found on the module
@@ -47,24 +48,16 @@ def fsdp_managed(module: nn.Module) -> bool:
     return bool(module.__dict__.get("_is_fsdp_managed_module", False))
 
 
-def is_dtensor(tensor: Any) -> bool:
-    dtensor = sys.modules.get("torch.distributed.tensor")  # not imported: no DTensor can exist
-    return dtensor is not None and isinstance(tensor, dtensor.DTensor)
-
-
-def gathered(tensor: Tensor) -> Tensor:
-    """The full tensor of a DTensor (a collective), any other tensor as it is."""
-    return tensor.full_tensor() if is_dtensor(tensor) else tensor
-
-
 class Strategy:
     """One partially frozen tensor, ``module.<local>``, stored the way a strategy stores it.
 
     Subclasses set ``strategy`` and implement ``_setup``, ``layout``, ``trainable_parameters``, ``after_step`` and,
-    where they keep copies of values, ``sync``/``_reload``/``internal_values``/``load_trainable``.
+    where they keep copies of values, ``sync``/``_reload``/``internal_values``/``load_trainable``; registered
+    (:func:`frostline.partial.register`), ``freeze(..., strategy=<its name>)`` uses them.
     """
 
     strategy: ClassVar[str]
+    auto_pick: ClassVar[bool] = False  # a registered strategy, not built in: strategy="auto" may pick it (choose)
     needs_forward: ClassVar[bool] = False  # the module must run through frostline's forward (see _forward.py)
     tied = False  # True once another module's use of the Parameter is served too (``serve``)
 
@@ -125,7 +118,7 @@ class Strategy:
         """Write trainable ``values`` (the layout of :func:`frostline.trainable_state_dict`) into storage."""
         with torch.no_grad():
             full = self.param.detach().clone()
-            _put(full, self.layout().dim, index.to(full.device), values.to(full))
+            put(full, self.layout().dim, index.to(full.device), values.to(full))
             self.param.detach().copy_(full)
             for name, value in self.internal_values(full).items():
                 self.module._parameters[name].detach().copy_(value)
@@ -140,6 +133,7 @@ class Strategy:
         return self.trainable_parameters()
 
     def _activate(self) -> None:
+        _install_hooks()
         for param in self._stepped():
             _ACTIVE[id(param)] = weakref.ref(self, functools.partial(_forget, id(param)))
         _carry.bump()
@@ -168,6 +162,7 @@ class Strategy:
     def follow(self) -> None:
         """Under FSDP2, until this strategy holds FSDP's shards: have the next optimizer step look for it."""
         if not is_dtensor(self.param):
+            _install_hooks()
             _FOLLOWING.add(self)
 
     def hold_shards(self) -> None:
@@ -273,5 +268,10 @@ def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs:
                 part.after_step()
 
 
-register_optimizer_step_pre_hook(_before_optimizer_step)
-register_optimizer_step_post_hook(_after_optimizer_step)
+_HOOKS: list[RemovableHandle] = []  # the two optimizer hooks, once a strategy exists
+
+
+def _install_hooks() -> None:
+    if not _HOOKS:
+        _HOOKS.append(register_optimizer_step_pre_hook(_before_optimizer_step))
+        _HOOKS.append(register_optimizer_step_post_hook(_after_optimizer_step))

@@ -31,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from .._state import partial_tensors
+from .._tensor import put, take
 from ..errors import FrostlineError
-from ._layout import _put, _take
 
 if TYPE_CHECKING:  # _base and the strategies import this module
     from ._base import Strategy
@@ -55,14 +55,14 @@ class Cover:
         if self.index is None:
             return value if self.frozen is None else value.masked_fill(self.frozen, 0)
         full = value.new_zeros(self.shape)
-        _put(full, self.dim, self.index.to(full.device), value)
+        put(full, self.dim, self.index.to(full.device), value)
         return full
 
     def gather(self, full: Tensor) -> Tensor:
         """The stored shape of a full-shape tensor, zero at the frozen elements of a whole one."""
         if self.index is None:
             return full if self.frozen is None else full.masked_fill(self.frozen, 0)
-        return _take(full, self.dim, self.index.to(full.device))
+        return take(full, self.dim, self.index.to(full.device))
 
 
 def moved(value: Tensor, old: Cover, new: Cover, fresh: Tensor | None = None) -> Tensor:

@@ -1,7 +1,7 @@
 """The forward that a module with delta or split tensors runs instead of its class's.
 
-It is an instance attribute, ``functools.partial(run, module)`` of a module-level function, like the forwards of
-:mod:`frostline.lean`: the class never changes, and ``deepcopy``, pickling and ``torch.compile`` see plain
+It is an instance attribute put there by :mod:`frostline._patch` (owner ``partial``, the strongest), like the forwards
+of :mod:`frostline.lean`: the class never changes, and ``deepcopy``, pickling and ``torch.compile`` see plain
 attributes. A strategy that owns the module's whole computation (split; delta on embedding rows) runs it; otherwise
 the class forward runs with each delta tensor swapped for a view that routes gradients to its trainable storage.
 Every module that uses a tied delta tensor runs it too, so each use feeds the one trainable storage.
@@ -9,11 +9,11 @@ Every module that uses a tied delta tensor runs it too, so each use feeds the on
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from torch import Tensor, nn
 
+from .. import _patch
 from .._state import partial_tensors
 
 
@@ -48,21 +48,15 @@ def tensor(module: nn.Module, local: str) -> Tensor | None:
     return getattr(module, local)
 
 
-def _is_frostline(fn: Any) -> bool:
-    return isinstance(fn, functools.partial) and getattr(fn.func, "__module__", "").startswith("frostline.")
-
-
 def foreign_forward(module: nn.Module) -> bool:
     """True when someone else replaced this module's forward on the instance (frostline then cannot take it)."""
-    return "forward" in module.__dict__ and not _is_frostline(module.__dict__["forward"])
+    return _patch.owner(module, "forward") == "user"
 
 
 def refresh(module: nn.Module) -> None:
-    """Install ``run`` while a strategy of the module needs it; remove it (only ours) when none does."""
-    wanted = any(part.needs_forward for part in partial_tensors(module).values())
-    current = module.__dict__.get("forward")
-    ours = isinstance(current, functools.partial) and current.func is run
-    if wanted and not ours:
-        module.__dict__["forward"] = functools.partial(run, module)  # replaces a lean forward, if one was there
-    elif not wanted and ours:
-        del module.__dict__["forward"]
+    """Hold ``forward`` with ``run`` while a strategy of the module needs it (it displaces a lean or recomputing
+    forward); let it go when none does."""
+    if any(part.needs_forward for part in partial_tensors(module).values()):
+        _patch.install(module, "forward", "partial", run)
+    else:
+        _patch.remove(module, "forward", "partial")

@@ -111,13 +111,13 @@ def request(name: str, param: Tensor, rows: Rows | None, dim: int, mask: Tensor 
         raise FreezeError(f"{name}: dim must be an int in [{-len(shape)}, {len(shape) - 1}] (the parameter has shape "
                           f"{tuple(shape)}), got {dim!r}")
     dim %= len(shape)
-    index = _row_index(name, rows, shape[dim], dim)
+    index = row_index(name, rows, shape[dim], dim)
     frozen = torch.zeros(shape[dim], dtype=torch.bool, device=param.device)
     frozen[index.to(param.device)] = True
     return Layout(shape, frozen, dim)
 
 
-def _row_index(name: str, rows: Rows | None, size: int, dim: int) -> Tensor:
+def row_index(name: str, rows: Rows | None, size: int, dim: int) -> Tensor:
     if isinstance(rows, Tensor):
         if rows.dtype == torch.bool or rows.is_floating_point() or rows.is_complex() or rows.dim() > 1:
             raise FreezeError(f"{name}: rows must be a 1-D integer tensor, a list or a range of indices along dim "
@@ -135,15 +135,3 @@ def _row_index(name: str, rows: Rows | None, size: int, dim: int) -> Tensor:
         raise FreezeError(f"{name}: rows must lie in 0..{size - 1} (or -{size}..-1): dim {dim} has {size} slices; "
                           f"got {bad[:5].tolist()}")
     return index % size
-
-
-def _put(target: Tensor, dim: int | None, index: Tensor, values: Tensor) -> None:
-    """``target[index along dim] = values`` in place (flat row-major element indices when ``dim`` is None)."""
-    if dim is None:
-        target.put_(index, values.reshape(-1))
-    else:
-        target.index_copy_(dim, index, values)
-
-
-def _take(source: Tensor, dim: int | None, index: Tensor) -> Tensor:
-    return torch.take(source, index) if dim is None else source.index_select(dim, index)

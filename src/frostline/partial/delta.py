@@ -38,12 +38,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._tensor import gathered, is_dtensor, put, take
 from . import _forward
-from ._base import Strategy, _put, _take, fsdp_managed, gathered, is_dtensor
+from ._base import Strategy, fsdp_managed
 from ._forward import foreign_forward
 from ._layout import Layout
+from ._registry import register
 
 
+@register
 class Delta(Strategy):
     strategy = "delta"
     needs_forward = True
@@ -72,7 +75,7 @@ class Delta(Strategy):
         module, self.dim = self.module, layout.dim
         index = layout.trainable_index()
         self._add_buffer("index", index)
-        self.trainable = self._add_parameter("trainable", _take(self.param.detach(), self.dim, index).clone())
+        self.trainable = self._add_parameter("trainable", take(self.param.detach(), self.dim, index).clone())
         self.param.requires_grad_(False)
         self.param.grad = None
         self._synced = self.trainable._version
@@ -179,7 +182,7 @@ class Delta(Strategy):
 
     def _write(self) -> None:
         with torch.no_grad():
-            _put(self.param, self.dim, self._get("index"), self.trainable.detach())
+            put(self.param, self.dim, self._get("index"), self.trainable.detach())
         self._synced = self.trainable._version
 
     def _sync_followed(self) -> None:
@@ -187,7 +190,7 @@ class Delta(Strategy):
         base, trainable = self._current()
         with torch.no_grad():
             if not is_dtensor(base):
-                _put(base, self.dim, self._get("index"), gathered(trainable.detach()))
+                put(base, self.dim, self._get("index"), gathered(trainable.detach()))
                 return
             from torch.distributed.tensor import DTensor, distribute_tensor
 
@@ -197,11 +200,11 @@ class Delta(Strategy):
             shard.to_local().copy_(mine.to_local())
 
     def internal_values(self, full: Tensor) -> dict[str, Tensor]:
-        return {self._name("trainable"): _take(full, self.dim, self._get("index").to(full.device))}
+        return {self._name("trainable"): take(full, self.dim, self._get("index").to(full.device))}
 
     def _reload(self) -> None:
         with torch.no_grad():
-            self.trainable.copy_(_take(self.param.detach(), self.dim, self._get("index")))
+            self.trainable.copy_(take(self.param.detach(), self.dim, self._get("index")))
         self._synced = self.trainable._version
 
     def teardown(self) -> None:
@@ -288,7 +291,7 @@ class _Route(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (index,) = ctx.saved_tensors
-        return None, _take(grad, ctx.dim, index), None, None
+        return None, take(grad, ctx.dim, index), None, None
 
 
 class _EmbeddingRows(torch.autograd.Function):

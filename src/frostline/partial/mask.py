@@ -29,13 +29,16 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import Tensor, nn
 
-from ._base import Strategy, fsdp_managed, gathered, is_dtensor
+from .._tensor import gathered, is_dtensor
+from ._base import Strategy, fsdp_managed
 from ._layout import Layout
+from ._registry import register
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
 
 
+@register
 class Mask(Strategy):
     strategy = "mask"
 

@@ -12,7 +12,6 @@ Under FSDP2 it runs as delta does there (the merged weight through the module's 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import cast
 
@@ -20,13 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._ops import autocast_dtype, conv_padding, no_autocast
 from . import _forward
 from ._layout import Layout
+from ._registry import register
 from .delta import Delta
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+@register
 class Split(Delta):
     strategy = "split"
     owns_forward = True
@@ -57,7 +59,7 @@ class Split(Delta):
         bias = _forward.tensor(conv, "bias")
         if not _grads(self, x, bias):
             return conv._conv_forward(x, self.param, bias)
-        x, padding = _conv_input(conv, x)
+        x, padding = conv_padding(conv, x)
         return _SplitConv.apply(x, self.param, self.trainable, bias, self._get("index"), conv.stride, padding,
                                 conv.dilation)
 
@@ -76,26 +78,6 @@ def _grads(part: Delta, x: Tensor, bias: Tensor | None) -> bool:
                                         or (bias is not None and bias.requires_grad))
 
 
-def _conv_input(module: nn.modules.conv._ConvNd, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-    """The input and numeric padding for ``torch.convolution``, as the module's ``_conv_forward`` would pad."""
-    pads = module._reversed_padding_repeated_twice  # (left, right) per dim, last dim first
-    if module.padding_mode != "zeros":
-        return F.pad(x, pads, mode=module.padding_mode), (0,) * len(module.kernel_size)
-    if not isinstance(module.padding, str):
-        return x, tuple(module.padding)
-    if all(pads[i] == pads[i + 1] for i in range(0, len(pads), 2)):
-        return x, tuple(pads[::2][::-1])
-    return F.pad(x, pads), (0,) * len(module.kernel_size)
-
-
-def _autocast(t: Tensor) -> tuple[torch.dtype | None, contextlib.AbstractContextManager]:
-    """The dtype autocast would run this op in (None when off), and a context that turns autocast off."""
-    kind = t.device.type
-    if t.is_floating_point() and torch.is_autocast_enabled(kind):
-        return torch.get_autocast_dtype(kind), torch.autocast(kind, enabled=False)
-    return None, contextlib.nullcontext()
-
-
 def _cast(dtype: torch.dtype | None, x: Tensor, weight: Tensor, bias: Tensor | None
           ) -> tuple[Tensor, Tensor, Tensor | None]:
     if dtype is None:
@@ -106,8 +88,8 @@ def _cast(dtype: torch.dtype | None, x: Tensor, weight: Tensor, bias: Tensor | N
 class _SplitLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, trainable: Tensor, bias: Tensor | None, index: Tensor) -> Tensor:
-        dtype, no_autocast = _autocast(x)
-        with no_autocast:
+        dtype = autocast_dtype(x)  # cast as autocast would, then run the kernel with autocast off
+        with no_autocast(x):
             x, weight, bias = _cast(dtype, x, weight, bias)
             out = F.linear(x, weight, bias)
         ctx.save_for_backward(x, weight, index)
@@ -128,8 +110,8 @@ class _SplitConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, trainable: Tensor, bias: Tensor | None, index: Tensor,
                 stride: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...]) -> Tensor:
-        dtype, no_autocast = _autocast(x)
-        with no_autocast:
+        dtype = autocast_dtype(x)  # cast as autocast would, then run the kernel with autocast off
+        with no_autocast(x):
             x, weight, bias = _cast(dtype, x, weight, bias)
             out = torch.convolution(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), 1)
         ctx.save_for_backward(x, weight, index)

@@ -12,7 +12,8 @@ Each one is driven by ``schedule.step(model, optimizer, epoch=..., step=...)`` a
 - :class:`AutoFreeze`: freeze leading groups whose gradient norms stopped changing.
 - :class:`LayerwiseSampling`: LISA, a random few of the repeated blocks train, resampled every few steps.
 
-The Lightning and transformers callbacks in :mod:`frostline.integrations` are thin shells over these.
+Each registers itself in ``SCHEDULES`` (class name -> class, the name its ``state_dict`` records). The Lightning
+and transformers callbacks in :mod:`frostline.integrations` are thin shells over these.
 
 >>> import torch, torch.nn as nn
 >>> from frostline.schedules import GradualUnfreeze
@@ -28,11 +29,12 @@ The Lightning and transformers callbacks in :mod:`frostline.integrations` are th
 """
 
 from ._base import Change, Plan, Schedule
-from .autofreeze import AutoFreeze
+from ._registry import SCHEDULES
+from .autofreeze import AutoFreeze  # each schedule module registers its class in SCHEDULES
 from .gradual import GradualUnfreeze
 from .layerwise import LayerwiseSampling
 from .progressive import ProgressiveFreeze
 from .unfreeze_at import UnfreezeAt
 
-__all__ = ["AutoFreeze", "Change", "GradualUnfreeze", "LayerwiseSampling", "Plan", "ProgressiveFreeze", "Schedule",
-           "UnfreezeAt"]
+__all__ = ["AutoFreeze", "Change", "GradualUnfreeze", "LayerwiseSampling", "Plan", "ProgressiveFreeze", "SCHEDULES",
+           "Schedule", "UnfreezeAt"]

@@ -12,10 +12,12 @@ from typing import Any
 import torch
 
 from ._base import Change, Plan, Schedule
+from ._registry import register
 
 __all__ = ["AutoFreeze"]
 
 
+@register
 class AutoFreeze(Schedule):
     """Every ``every_n_steps`` optimizer steps, compare each trainable group's gradient L1 norm over the last
     interval with the interval before: the relative change is ``|prev - cur| / prev``. Freeze every group

@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._base import Plan, Schedule
+from ._registry import register
 
 __all__ = ["GradualUnfreeze"]
 
 
+@register
 class GradualUnfreeze(Schedule):
     """In period ``k = epoch // every`` the top ``k + 1`` groups train and the ones below are frozen.
 

@@ -18,6 +18,7 @@ from ..errors import FrostlineError
 from ..groups import _CONTAINERS, _has_params, _is_leaf
 from ..selection import select
 from ._base import Change, Plan, Schedule, _common_module
+from ._registry import register
 
 __all__ = ["LayerwiseSampling", "repeated_blocks"]
 
@@ -74,6 +75,7 @@ def repeated_blocks(model: nn.Module) -> list[list[str]]:
     return [select(model, model.get_submodule(n)) for n in names]
 
 
+@register
 class LayerwiseSampling(Schedule):
     """LISA: at step 0 and every ``every`` steps, sample ``n_active`` of the ``L`` blocks uniformly without
     replacement; they train until the next draw, the other blocks are frozen.

@@ -8,12 +8,14 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from ._base import Plan, Schedule
+from ._registry import register
 
 __all__ = ["ProgressiveFreeze"]
 
 _SCALES = {"linear": lambda t: t, "squared": lambda t: t * t, "cubic": lambda t: t ** 3}
 
 
+@register
 class ProgressiveFreeze(Schedule):
     """Group ``i`` of ``L`` trains until step ``t_i * total_steps``, its lr annealed to zero along a cosine
     before, then freezes; the frozen groups always form a prefix, so they drop out of backward entirely.

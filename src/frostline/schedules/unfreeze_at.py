@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from ..selection import Spec
 from ._base import Plan, Schedule
+from ._registry import register
 
 __all__ = ["UnfreezeAt"]
 
 
+@register
 class UnfreezeAt(Schedule):
     """Keep the parameters ``spec`` selects frozen until ``epoch``, then let them train at a lower lr.
 

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo test bench docs
+.PHONY: setup demo test lint bench docs
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -22,6 +22,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The habits the field expects: ruff (pyflakes, isort, pyupgrade, bugbear) and mypy over the package, both clean.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(PY) -m frostline bench

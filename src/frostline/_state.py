@@ -81,9 +81,9 @@ def own_tensors(module: nn.Module) -> Iterator[tuple[str, Tensor]]:
             yield local, tensor
     for local in partial:
         if local not in module._parameters:
-            tensor = module._buffers.get(local)
-            if tensor is not None:
-                yield local, tensor
+            buffer = module._buffers.get(local)
+            if buffer is not None:
+                yield local, buffer
 
 
 def trains_own(module: nn.Module) -> bool:

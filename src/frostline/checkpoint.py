@@ -29,7 +29,7 @@ IncompatibleKeys(missing=[], unexpected=[])
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,9 @@ from torch import Tensor, nn
 from ._state import FreezeState, PartialTensor, get_partial, kept_in_eval, named_logical_parameters
 from ._tensor import take
 from .errors import FrostlineError
+
+if TYPE_CHECKING:  # frostline's partial tensors are Strategies
+    from .partial import Strategy
 
 __all__ = ["trainable_state_dict", "load_trainable_state_dict", "IncompatibleKeys"]
 
@@ -71,7 +74,7 @@ def trainable_state_dict(model: nn.Module, *, buffers: bool = True) -> dict[str,
             if tensor.requires_grad:
                 out[name] = tensor.detach()
             continue
-        layout = part.layout()
+        layout = cast("Strategy", part).layout()
         index = layout.trainable_index()
         out[_index_key(name, layout.dim)] = index
         out[name + VALUES] = take(part.full(), layout.dim, index)
@@ -142,7 +145,7 @@ def load_trainable_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]
         for target, value in whole:
             target.copy_(value)
         for part, values, index in partial:
-            part.load_trainable(values, index)
+            cast("Strategy", part).load_trainable(values, index)
     return IncompatibleKeys(missing, unexpected)
 
 
@@ -152,7 +155,7 @@ def trainable_state_dict_keys(model: nn.Module) -> list[str]:
     for name, tensor in named_logical_parameters(model):
         part = get_partial(model, name)
         if part is not None:
-            keys += [_index_key(name, part.layout().dim), name + VALUES]
+            keys += [_index_key(name, cast("Strategy", part).layout().dim), name + VALUES]
         elif tensor.requires_grad:
             keys.append(name)
     return keys
@@ -175,7 +178,7 @@ def _check_partial(model: nn.Module, name: str, key: str,
         raise FrostlineError(_mismatch(model, name, f"trains part of {name} ({key})"))
     if name + VALUES not in state_dict:
         raise FrostlineError(f"the checkpoint has {key!r} but no {name + VALUES!r}")
-    layout = part.layout()
+    layout = cast("Strategy", part).layout()
     mine = layout.trainable_index()
     if key != _index_key(name, layout.dim) or not torch.equal(state_dict[key].to(mine.device), mine):
         raise FrostlineError(

@@ -15,7 +15,7 @@ False
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -156,7 +156,7 @@ def unfreeze(
                 from .partial import remove_partial
 
                 remove_partial(model, name)
-            module._parameters[local].requires_grad_(True)
+            cast(nn.Parameter, module._parameters[local]).requires_grad_(True)  # a name select() gave
     _refresh(model, set(), None)
     return model
 
@@ -182,8 +182,9 @@ def is_frozen(model: nn.Module, name: str) -> bool | Literal["partial"]:
     """
     tensors = dict(named_logical_parameters(model, remove_duplicate=False))
     names = [name] if name in tensors else select(model, name)
-    states = {"partial" if local in partial_tensors(module) else not tensors[n].requires_grad
-              for (module, local), n in zip(_owners(model, names), names, strict=True)}
+    states: set[bool | Literal["partial"]] = {
+        "partial" if local in partial_tensors(module) else not tensors[n].requires_grad
+        for (module, local), n in zip(_owners(model, names), names, strict=True)}
     return states.pop() if len(states) == 1 else "partial"
 
 
@@ -212,7 +213,7 @@ def _freeze_whole(model: nn.Module, name: str, module: nn.Module, local: str) ->
         from .partial import remove_partial
 
         remove_partial(model, name)
-    param = module._parameters[local]
+    param = cast(nn.Parameter, module._parameters[local])  # a name select() gave
     param.requires_grad_(False)
     param.grad = None
 

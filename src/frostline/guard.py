@@ -41,7 +41,7 @@ import hashlib
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -137,7 +137,7 @@ class Snapshot:
                         continue
                     current = current[mask]
                 elif record.mask is not None:
-                    current = current[record.mask]
+                    current = current[cast(Tensor, record.mask)]  # copy mode: the mask itself
                 pending.append((name, record, current))
         differs: list[bool] = []
         if self.mode == "hash":  # hashed on the host, one tensor after another
@@ -154,17 +154,18 @@ class Snapshot:
 
     @staticmethod
     def _same(a: Tensor | bytes, b: Tensor | bytes) -> bool:
-        return a == b if isinstance(a, bytes) else torch.equal(a, b)
+        return torch.equal(a, b) if isinstance(a, Tensor) and isinstance(b, Tensor) else a == b
 
     def _differs(self, record: _Record, now: Tensor, weights: FingerprintWeights) -> Tensor:
+        values = cast(Tensor, record.values)  # checksum: its fingerprint; copy: the values (hash: bytes, not here)
         if self.mode == "checksum":
-            return (fingerprint(now, weights) != record.values).any()
-        return (bits(now) != bits(record.values)).any()
+            return (fingerprint(now, weights) != values).any()
+        return (bits(now) != bits(values)).any()
 
     def _describe(self, name: str, record: _Record, now: Tensor) -> Change:
         if self.mode != "copy":
             return Change(name, None, record.count, None, f"{self.mode} differs")
-        old = record.values
+        old = cast(Tensor, record.values)  # copy mode: the values
         changed = (bits(now) != bits(old)).any(1).reshape(now.shape)
         if now.dtype == torch.bool:
             diff = 1.0

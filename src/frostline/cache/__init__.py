@@ -496,7 +496,7 @@ class FeatureCache:
         if plan is not None:
             self._check_prefix(plan)
         trace = _Trace(self.model, self._upto, batch, device) if plan is None else None
-        found: dict[str, _Plan] = {} if plan is None else {"plan": plan}
+        found: dict[str, Any] = {} if plan is None else {"plan": plan}  # "plan", and "ran" once upto ran
         rng = _rng_state(device)
 
         def at_upto(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -631,7 +631,8 @@ class FeatureCache:
         """Within: ``upto`` returns these stored rows and the prefix modules before it placeholders (a deeper
         cache of a schedule's prefix runs the model in here to advance rows through the newly frozen blocks)."""
         value = plan.upto_out.build(batch, self._store.read(slots, device))
-        done, calls = [False], {}
+        done = [False]
+        calls: dict[int, int] = {}  # calls of each placeholder module so far
 
         def placeholder(module: nn.Module, outs: list[_Out], own: Any):
             def forward(*a: Any, **k: Any) -> Any:

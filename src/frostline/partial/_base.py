@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import functools
 import weakref
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -62,13 +63,14 @@ class Strategy:
     tied = False  # True once another module's use of the Parameter is served too (``serve``)
 
     @classmethod
-    def why_not(cls, module: nn.Module, local: str, layout: Layout, tied: bool) -> str | None:
+    def why_not(cls, module: nn.Module, local: str, layout: Layout,
+                tied: Sequence[tuple[str, nn.Module, str]] | bool) -> str | None:
         """None when this strategy can serve ``layout`` of ``module.<local>``, else the reason it cannot."""
         return None
 
-    def __init__(self, module: nn.Module, local: str, layout: Layout):
+    def __init__(self, module: nn.Module, local: str, layout: Layout) -> None:
         self.module, self.local = module, local
-        self.param: nn.Parameter = module._parameters[local]
+        self.param = cast(nn.Parameter, module._parameters[local])
         self._internal: list[str] = []
         self._setup(layout)
         self._activate()
@@ -85,6 +87,17 @@ class Strategy:
         return tuple(self._internal)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    # -- for strategies that set needs_forward or owns_forward (see _forward.py) ------------------------------
+    forward: Callable[..., Tensor]  # ``module``'s forward, run by this strategy (``owns_forward``)
+
+    def forward_use(self, module: nn.Module, local: str, *args: Any, **kwargs: Any) -> Any:
+        """Tied: the forward of ``module``, another module that uses this Parameter (as ``local``)."""
+        raise NotImplementedError
+
+    def forward_tensor(self) -> Tensor:
+        """The tensor a forward uses in the Parameter's place (``needs_forward``)."""
         raise NotImplementedError
 
     def serve(self, module: nn.Module, local: str) -> None:
@@ -121,14 +134,14 @@ class Strategy:
             put(full, self.layout().dim, index.to(full.device), values.to(full))
             self.param.detach().copy_(full)
             for name, value in self.internal_values(full).items():
-                self.module._parameters[name].detach().copy_(value)
+                cast(Tensor, self.module._parameters[name]).detach().copy_(value)
         self._reload()
 
     def _reload(self) -> None:
         """The Parameter holds new values (a checkpoint was loaded): refresh what was derived from them."""
 
     # -- lifecycle --------------------------------------------------------------------------------------------
-    def _stepped(self) -> list[Tensor]:
+    def _stepped(self) -> Sequence[Tensor]:
         """The Parameters this strategy holds that an optimizer steps (as bound now: no lookups, no side effects)."""
         return self.trainable_parameters()
 
@@ -152,7 +165,7 @@ class Strategy:
 
     def _bind(self) -> None:
         """Take the direct references to the module's Parameters again."""
-        self.param = self.module._parameters[self.local]
+        self.param = cast(nn.Parameter, self.module._parameters[self.local])  # FSDP2's may be a DTensor
 
     def _rebind(self) -> None:
         self._deactivate()
@@ -177,7 +190,7 @@ class Strategy:
         _FOLLOWING.discard(self)
 
     def _bind_shards(self) -> None:
-        self.param = self.module._parameters[self.local]
+        self.param = cast(nn.Parameter, self.module._parameters[self.local])  # FSDP2's may be a DTensor
 
     def after_load(self) -> None:
         self._rebind()
@@ -214,7 +227,8 @@ class Strategy:
 
     def _get(self, role: str) -> Tensor:
         name = self._name(role)
-        return self.module._buffers[name] if name in self.module._buffers else self.module._parameters[name]
+        held = self.module._buffers[name] if name in self.module._buffers else self.module._parameters[name]
+        return cast(Tensor, held)  # our own storage: set while this strategy lives
 
 
 def _forget(key: int, _ref: weakref.ref) -> None:
@@ -235,7 +249,9 @@ def _plan(optimizer: torch.optim.Optimizer) -> list[weakref.ref]:
     for group in optimizer.param_groups:
         for param in group["params"]:
             ref = _ACTIVE.get(id(param))
-            part = ref() if ref is not None else None
+            if ref is None:
+                continue
+            part = ref()
             if part is not None and id(part) not in found and any(p is param for p in part._stepped()):
                 found[id(part)] = ref
     _PLANS[optimizer] = (key, list(found.values()))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ._state import get_partial, named_logical_parameters, trainable_count
+from ._state import PartialTensor, named_logical_parameters, partial_tensors, trainable_count
 from ._table import WIDTH, brief, human_bytes, human_count, render
 
 __all__ = ["summary", "Summary", "SummaryRow", "optimizer_state_bytes"]
@@ -83,14 +83,20 @@ class Summary:
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer, params=None) -> int:
     """Bytes of tensors the optimizer keeps in its state (for ``params`` only, if given; by identity)."""
     wanted = None if params is None else {id(p) for p in params}
-    total = 0
-    for param, state in optimizer.state.items():
-        if wanted is not None and id(param) not in wanted:
-            continue
-        for value in state.values():
-            if torch.is_tensor(value):
-                total += value.numel() * value.element_size()
-    return total
+    return sum(_state_bytes(state) for param, state in optimizer.state.items()
+               if wanted is None or id(param) in wanted)
+
+
+def _state_bytes(state: dict) -> int:
+    return sum(value.numel() * value.element_size() for value in state.values() if torch.is_tensor(value))
+
+
+def _partials(model: nn.Module) -> dict[str, PartialTensor]:
+    """Every partially frozen tensor of ``model`` by each of its names, from one walk of the model (``get_partial``
+    per name looks its module up from the root each time)."""
+    return {f"{module_name}.{local}" if module_name else local: partial
+            for module_name, module in model.named_modules(remove_duplicate=False)
+            for local, partial in partial_tensors(module).items()}
 
 
 def summary(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Summary:
@@ -111,26 +117,27 @@ def summary(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) ->
         (58, 18, 40)
     """
     rows: dict[str, SummaryRow] = {}
-    owner_of_storage: dict[int, str] = {}
+    partials = _partials(model)
     for name, tensor in named_logical_parameters(model):
         top = name.split(".")[0] if "." in name else "(root)"
         row = rows.setdefault(top, SummaryRow(top, 0, 0))
-        trainable = trainable_count(model, name, tensor)
+        partial = partials.get(name)
+        trainable = (trainable_count(model, name, tensor) if partial is not None
+                     else tensor.numel() if tensor.requires_grad else 0)
         row.trainable += trainable
         row.frozen += tensor.numel() - trainable
-        partial = get_partial(model, name)
         if partial is not None:
             row.strategies.append(f"{name.partition('.')[2] or name} ({partial.strategy})")
-    for name, param in model.named_parameters():
-        owner_of_storage[id(param)] = name.split(".")[0] if "." in name else "(root)"
     total_opt = None
     if optimizer is not None:
+        owner_of_storage = {id(param): name.split(".")[0] if "." in name else "(root)"
+                            for name, param in model.named_parameters()}
         total_opt = 0
         for row in rows.values():
             row.optimizer_bytes = 0
-        for param in optimizer.state:
+        for param, state in optimizer.state.items():
             top = owner_of_storage.get(id(param))
-            size = optimizer_state_bytes(optimizer, [param])
+            size = _state_bytes(state)
             total_opt += size
             if top is not None:
                 rows[top].optimizer_bytes += size

@@ -29,7 +29,7 @@ from .._state import get_partial, named_logical_parameters
 from ..errors import FrostlineError
 from ..freeze import freeze, unfreeze
 from ..groups import layer_groups
-from ..selection import select
+from ..selection import select_each
 from . import _optim
 
 __all__ = ["Schedule", "Change", "Plan"]
@@ -274,7 +274,7 @@ class Schedule:
         if self._group_specs is None:
             groups = layer_groups(model)
         else:
-            groups = [select(model, spec) for spec in self._group_specs]
+            groups = select_each(model, self._group_specs)
         seen: dict[str, int] = {}
         for i, group in enumerate(groups):
             for name in group:

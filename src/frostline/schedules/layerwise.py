@@ -16,7 +16,7 @@ from torch import nn
 from .._state import get_partial
 from ..errors import FrostlineError
 from ..groups import _CONTAINERS, _has_params, _is_leaf
-from ..selection import select
+from ..selection import select_each
 from ._base import Change, Plan, Schedule, _common_module
 
 __all__ = ["LayerwiseSampling", "repeated_blocks"]
@@ -70,8 +70,9 @@ def repeated_blocks(model: nn.Module) -> list[list[str]]:
         return _is_leaf(model.get_submodule(names[0])), min(n.count(".") for n in names), -len(names)
 
     names = min(found.items(), key=rank)[1]  # min keeps the first of equals: model order
-    names = [n for n in names if not any(n.startswith(f"{other}.") for other in names)]
-    return [select(model, model.get_submodule(n)) for n in names]
+    listed = set(names)  # drop blocks nested in another block: a dotted prefix of theirs is listed
+    names = [n for n in names if not any(n[:i] in listed for i, c in enumerate(n) if c == ".")]
+    return select_each(model, [model.get_submodule(n) for n in names])
 
 
 class LayerwiseSampling(Schedule):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ._state import PartialTensor, named_logical_parameters, partial_tensors, trainable_count
+from ._state import named_logical_parameters, partials_by_name, trainable_count
 from ._table import WIDTH, brief, human_bytes, human_count, render
 
 __all__ = ["summary", "Summary", "SummaryRow", "optimizer_state_bytes"]
@@ -91,14 +91,6 @@ def _state_bytes(state: dict) -> int:
     return sum(value.numel() * value.element_size() for value in state.values() if torch.is_tensor(value))
 
 
-def _partials(model: nn.Module) -> dict[str, PartialTensor]:
-    """Every partially frozen tensor of ``model`` by each of its names, from one walk of the model (``get_partial``
-    per name looks its module up from the root each time)."""
-    return {f"{module_name}.{local}" if module_name else local: partial
-            for module_name, module in model.named_modules(remove_duplicate=False)
-            for local, partial in partial_tensors(module).items()}
-
-
 def summary(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Summary:
     """Count trainable and frozen elements per top-level module and in total.
 
@@ -117,7 +109,7 @@ def summary(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) ->
         (58, 18, 40)
     """
     rows: dict[str, SummaryRow] = {}
-    partials = _partials(model)
+    partials = partials_by_name(model)
     for name, tensor in named_logical_parameters(model):
         top = name.split(".")[0] if "." in name else "(root)"
         row = rows.setdefault(top, SummaryRow(top, 0, 0))

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .._state import get_partial
+from .._state import partials_by_name
 from ..errors import FrostlineError
 from ..groups import _CONTAINERS, _has_params, _is_leaf
 from ..selection import select_each
@@ -258,7 +258,8 @@ class LayerwiseSampling(Schedule):
         """The blocks are the schedule's, found or given (the base class calls this at the first step and at a
         restore): refuse partially frozen tensors in them, take over what the user froze; the number taken."""
         names = [n for g in self.groups for n in g]
-        partial = [n for n in names if get_partial(model, n) is not None]
+        partials = partials_by_name(model)
+        partial = [n for n in names if n in partials]
         if partial:
             raise FrostlineError(f"{len(partial)} tensor(s) inside the blocks are partially frozen "
                                  f"({', '.join(partial[:3])}); LayerwiseSampling freezes and unfreezes blocks whole, "

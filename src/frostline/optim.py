@@ -21,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import weakref
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -429,13 +430,12 @@ def _join(optimizer: torch.optim.Optimizer, model: nn.Module, fresh: list[tuple[
     parked = {n: g for g in optimizer.param_groups for n in g.get(PARKED, ())}
     # target: an existing group (by id) or a group the rule describes but the optimizer lacks (by name)
     targets: dict[Any, tuple[dict[str, Any] | None, str, dict[str, Any], list[tuple[str, nn.Parameter]]]] = {}
+    returning: dict[int, tuple[dict[str, Any], list[str]]] = {}  # names to take off each group's parked list
     for real_name, param in fresh:
         name = logical.get(id(param), real_name)
         if name in parked:
             group = parked[name]
-            group[PARKED].remove(name)
-            if not group[PARKED]:
-                del group[PARKED]
+            returning.setdefault(id(group), (group, []))[1].append(name)
             hyper, label = {}, _label(optimizer, group)
         elif id(param) in placed and placed[id(param)][2] not in named:
             group, label, hyper = None, placed[id(param)][2], placed[id(param)][3]
@@ -444,6 +444,8 @@ def _join(optimizer: torch.optim.Optimizer, model: nn.Module, fresh: list[tuple[
             hyper, label = {}, _label(optimizer, group)
         key = id(group) if group is not None else label
         targets.setdefault(key, (group, label, hyper, []))[3].append((real_name, param))
+    for group, names in returning.values():
+        _unpark(group, names)
     with_names = "param_names" in optimizer.param_groups[0]
     for group, label, hyper, members in targets.values():
         if group is not None and lr_factor is None:
@@ -464,6 +466,22 @@ def _join(optimizer: torch.optim.Optimizer, model: nn.Module, fresh: list[tuple[
             optimizer.add_param_group(new)
             report.groups_added.append(label)
         report.added.update((n, label) for n, _ in members)
+
+
+def _unpark(group: dict[str, Any], names: list[str]) -> None:
+    """Take ``names`` off ``group``'s parked list (one entry each) in one pass, and the list when it is empty:
+    ``list.remove`` per name costs the list's length per name, and a deep model parks thousands of names."""
+    leaving = Counter(names)
+    kept = []
+    for name in group[PARKED]:
+        if leaving[name] > 0:
+            leaving[name] -= 1
+        else:
+            kept.append(name)
+    if kept:
+        group[PARKED][:] = kept
+    else:
+        del group[PARKED]
 
 
 def _label(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> str:

@@ -44,9 +44,12 @@ class _Universe:
     def __init__(self, model: nn.Module):
         self.model = model
         self.aliases = list(named_logical_parameters(model, remove_duplicate=False))
-        self.canonical: dict[int, tuple[int, str]] = {}  # id -> (position in model order, canonical name)
-        for position, (name, tensor) in enumerate(named_logical_parameters(model)):
-            self.canonical[id(tensor)] = (position, name)
+        # id -> (position in model order, canonical name): a tied tensor's first name, as named_logical_parameters
+        # without duplicates gives it (derived here from the same walk)
+        self.canonical: dict[int, tuple[int, str]] = {}
+        for name, tensor in self.aliases:
+            if id(tensor) not in self.canonical:
+                self.canonical[id(tensor)] = (len(self.canonical), name)
         self.named: dict[str, set[int]] = {}  # a parameter name (canonical or an alias) -> its tensor
         self.beneath: dict[str, set[int]] = {}  # a module name -> the tensors beneath it (modules with some only)
         for name, tensor in self.aliases:
@@ -55,7 +58,6 @@ class _Universe:
             while dot != -1:
                 self.beneath.setdefault(name[:dot], set()).add(id(tensor))
                 dot = name.find(".", dot + 1)
-        self.module_names = [name for name, _ in model.named_modules(remove_duplicate=False) if name]
         self._paths: dict[int, list[str]] | None = None
 
     def every(self) -> set[int]:
@@ -73,7 +75,8 @@ class _Universe:
         return [name for _, name in sorted(self.canonical[key] for key in ids)]
 
     def closest(self, text: str) -> list[str]:
-        pool = list(dict.fromkeys([n for n, _ in self.aliases] + self.module_names))
+        module_names = [name for name, _ in self.model.named_modules(remove_duplicate=False) if name]
+        pool = list(dict.fromkeys([n for n, _ in self.aliases] + module_names))
         probe = text.replace("*", "").replace("?", "")
         close = difflib.get_close_matches(probe, pool, n=5, cutoff=0.3)
         if not close:  # fall back to names sharing the longest dotted prefix

@@ -21,12 +21,12 @@ step=i)`` and, separately, the training step (zero_grad, forward with labels at 
 apart. The ratio is median switch / median training step.
 
 Each part runs in a child process per checkout: this one (``src/`` beside this file) and, with ``--baseline
-SRC``, another (e.g. a worktree of an older commit), alternating per model size, so that before and after are
-measured under the same machine load. The children get ``OMP_WAIT_POLICY=PASSIVE`` unless it is set: on an
+SRC``, another (e.g. a worktree of an older commit), and any ``--other SRC`` (a proposed change), alternating
+per model size, so that before and after are measured under the same machine load. The children get ``OMP_WAIT_POLICY=PASSIVE`` unless it is set: on an
 oversubscribed machine busy-waiting OpenMP threads make a training step many times slower.
 
     python benchmarks/scale.py [--layers 16 64 256 1024] [--repeats 5] [--budget 60] [--steps 10] [--threads 2]
-                               [--baseline /tmp/old/src] [--quick]
+                               [--baseline /tmp/old/src] [--other /tmp/variant/src] [--quick]
 
 Prints the tables and writes benchmarks/results/scale.json and scale.md (scale-quick.* with --quick).
 """
@@ -186,7 +186,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per model size after which repeats stop")
     parser.add_argument("--steps", type=int, default=10, help="schedule steps timed after the first")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--baseline", type=Path, help="src/ of another checkout to measure alongside this one")
+    parser.add_argument("--baseline", type=Path, help="src/ of an older checkout to measure alongside this one")
+    parser.add_argument("--other", type=Path, action="append", default=[],
+                        help="src/ of a further variant to measure alongside (labelled by its path); repeatable")
     parser.add_argument("--quick", action="store_true", help="16, 64 and 256 layers, 2 repeats, a tiny schedule model")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -201,6 +203,7 @@ def main() -> None:
     trees = {label(HERE_SRC): HERE_SRC}
     if args.baseline is not None:
         trees = {f"{label(args.baseline)} (before)": args.baseline.resolve(), **trees}
+    trees.update({str(src): src.resolve() for src in args.other})
     names = list(trees)
     common = ["--repeats", str(args.repeats), "--budget", str(args.budget), "--steps", str(args.steps),
               "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
@@ -230,7 +233,8 @@ def main() -> None:
     print(text)
     RESULTS.mkdir(exist_ok=True)
     stem = "scale-quick" if args.quick else "scale"
-    report = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "child"},
+    report = {"config": {k: ([str(p) for p in v] if k == "other" else str(v) if isinstance(v, Path) else v)
+                         for k, v in vars(args).items() if k != "child"},
               "checkouts": {name: str(path) for name, path in trees.items()}, "load_average_at_end": load,
               "calls": calls, "schedule": schedule}
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -6,11 +6,13 @@ Part 1, calls: transformers' ``LlamaForCausalLM`` built under ``torch.device("me
 embeddings, final norm and head, so 147 tensors at 16 layers and 9,219 at 1024). Nothing is allocated, so only
 frostline's own bookkeeping is timed. Each repeat times, in this order, ``freeze(model, "model.layers")``,
 ``is_frozen(model, "model.layers.0")``, ``summary(model)``, ``select(model, "model.layers")`` and
-``unfreeze(model, "model.layers")`` once, and as a control ``list(model.named_parameters())`` (one walk of the
-model by torch alone: its growth is what linear Python code gets on this machine, where a bigger model also
-means more cache misses); the figure is the median over repeats: ``--repeats`` of them, more (up to 50) while
-they take under 2 s in all, fewer once the calls at one size have taken ``--budget`` seconds (the old quadratic
-code needs a minute per repeat at 1024 layers); the JSON keeps every time. Growth is the time at 4x the layers over the time at the layers before.
+``unfreeze(model, "model.layers")`` once, and as a control ``list(model.named_parameters())``: one walk of the
+model by torch alone, whose growth is what linear Python code gets on this machine (a bigger model also means
+more cache misses). One child process per checkout builds every size and interleaves them, a repeat of each size
+in turn, so that the growth factors (time at 4x the layers over time before) see the same machine load. The
+figure is the median over repeats: ``--repeats`` of them, more (up to 50) while a size has taken under 2 s, none
+past ``--budget`` seconds at one size (the old quadratic code needs a minute per repeat at 1024 layers); the
+JSON keeps every time.
 
 Part 2, schedule switch: a real 32-layer Llama-style model on the CPU (hidden 192, MLP 512, 6 heads, vocabulary
 4096, float32), ``frostline.optimizer(model, AdamW, lr=1e-4)``, ``LayerwiseSampling(n_active=8, every=1)`` so
@@ -18,12 +20,12 @@ that every step draws 8 of the 32 blocks (the blocks that leave freeze, those th
 optimizer follows through ``frostline.optim.sync``). Each step times ``schedule.step(model, optimizer,
 step=i)`` and, separately, the training step (zero_grad, forward with labels at batch 8 x 256 tokens, backward,
 ``optimizer.step()``), one after the other; step 0 (groups resolved, the first 24 blocks frozen) is reported
-apart. The ratio is median switch / median training step.
+apart. The ratio is median switch / median training step, both from the same child.
 
-Each part runs in a child process per checkout: this one (``src/`` beside this file) and, with ``--baseline
-SRC``, another (e.g. a worktree of an older commit), and any ``--other SRC`` (a proposed change), alternating
-per model size, so that before and after are measured under the same machine load. The children get ``OMP_WAIT_POLICY=PASSIVE`` unless it is set: on an
-oversubscribed machine busy-waiting OpenMP threads make a training step many times slower.
+The checkouts: this one (``src/`` beside this file), with ``--baseline SRC`` an older one (a worktree of an
+older commit) and with ``--other SRC`` any proposed variant, each in its own child processes, back to back. The
+children get ``OMP_WAIT_POLICY=PASSIVE`` unless it is set: on an oversubscribed machine busy-waiting OpenMP
+threads make a training step many times slower.
 
     python benchmarks/scale.py [--layers 16 64 256 1024] [--repeats 5] [--budget 60] [--steps 10] [--threads 2]
                                [--baseline /tmp/old/src] [--other /tmp/variant/src] [--quick]
@@ -55,34 +57,54 @@ QUICK_MODEL = {**SCHEDULE_MODEL, "hidden_size": 64, "intermediate_size": 128, "n
 
 
 # -- children: run under the checkout being measured ---------------------------------------------------------------
-def calls_child(layers: int, repeats: int, budget: float) -> dict:
+def calls_child(sizes: list[int], repeats: int, budget: float) -> list[dict]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import frostline
 
-    with torch.device("meta"):
-        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=layers))
-    run = {"freeze": lambda: frostline.freeze(model, "model.layers"),
-           "is_frozen": lambda: frostline.is_frozen(model, "model.layers.0"),
-           "summary": lambda: frostline.summary(model),
-           "select": lambda: frostline.select(model, "model.layers"),
-           "unfreeze": lambda: frostline.unfreeze(model, "model.layers"),
-           "walk": lambda: list(model.named_parameters())}
-    times: dict[str, list[float]] = {name: [] for name in run}
-    done = 0
-    # at least `repeats`; more (up to 50) while they take under 2 s in all, so millisecond calls get a steady median
-    while done < repeats or (done < 50 and sum(map(sum, times.values())) < 2.0):
-        for name, call in run.items():
-            gc.collect()
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-        done += 1
-        if sum(map(sum, times.values())) > budget:  # the old quadratic code: a repeat at 1024 layers takes minutes
-            break
-    return {"layers": layers, "tensors": sum(1 for _ in model.parameters()), "modules": sum(1 for _ in model.modules()),
-            "seconds": times, "frostline": frostline.__file__}
+    models = {}
+    for layers in sizes:
+        with torch.device("meta"):
+            models[layers] = LlamaForCausalLM(LlamaConfig(num_hidden_layers=layers))
+    gc.collect()
+    gc.freeze()  # the models stay: keep the collector from scanning them again in every timed call
+
+    def calls(model):
+        return {"freeze": lambda: frostline.freeze(model, "model.layers"),
+                "is_frozen": lambda: frostline.is_frozen(model, "model.layers.0"),
+                "summary": lambda: frostline.summary(model),
+                "select": lambda: frostline.select(model, "model.layers"),
+                "unfreeze": lambda: frostline.unfreeze(model, "model.layers"),
+                "walk": lambda: list(model.named_parameters())}
+
+    runs = {layers: calls(model) for layers, model in models.items()}
+    times = {layers: {name: [] for name in CALLS} for layers in sizes}
+    spent = dict.fromkeys(sizes, 0.0)
+    done = dict.fromkeys(sizes, 0)
+
+    def wanted(layers: int) -> bool:
+        # at least `repeats`, more (up to 50) while under 2 s in all so millisecond calls get a steady median; none
+        # past `budget` (the old quadratic code needs a minute per repeat at 1024 layers)
+        if spent[layers] > budget:
+            return False
+        return done[layers] < repeats or (done[layers] < 50 and spent[layers] < 2.0)
+
+    while any(wanted(layers) for layers in sizes):
+        for layers in sizes:  # sizes interleaved: their ratios see the same machine load
+            if not wanted(layers):
+                continue
+            for name, call in runs[layers].items():
+                gc.collect()
+                start = time.perf_counter()
+                call()
+                elapsed = time.perf_counter() - start
+                times[layers][name].append(elapsed)
+                spent[layers] += elapsed
+            done[layers] += 1
+    return [{"layers": layers, "tensors": sum(1 for _ in model.parameters()),
+             "modules": sum(1 for _ in model.modules()), "seconds": times[layers], "frostline": frostline.__file__}
+            for layers, model in models.items()]
 
 
 def schedule_child(steps: int, threads: int, quick: bool) -> dict:
@@ -194,7 +216,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        result = (calls_child(int(rest[0]), args.repeats, args.budget) if kind == "calls"
+        result = (calls_child([int(n) for n in rest], args.repeats, args.budget) if kind == "calls"
                   else schedule_child(args.steps, args.threads, args.quick))
         print(json.dumps(result))
         return
@@ -207,28 +229,31 @@ def main() -> None:
     names = list(trees)
     common = ["--repeats", str(args.repeats), "--budget", str(args.budget), "--steps", str(args.steps),
               "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
-    calls: dict[str, list[dict]] = {name: [] for name in names}
-    for layers in args.layers:  # before and after back to back at each size
-        for name in names:
-            calls[name].append(in_child(trees[name], ["--child", "calls", str(layers), *common]))
-            print(f"{name}, {layers} layers: " + ", ".join(
-                f"{c} {median(calls[name][-1]['seconds'][c]):.4f} s" for c in CALLS), flush=True)
+    calls: dict[str, list[dict]] = {}
+    for name in names:  # one child per checkout, back to back; in it the sizes are interleaved
+        calls[name] = in_child(trees[name], ["--child", "calls", *map(str, args.layers), *common])
+        for r in calls[name]:
+            print(f"{name}, {r['layers']} layers: " + ", ".join(
+                f"{c} {median(r['seconds'][c]):.4f} s" for c in CALLS), flush=True)
     schedule = {}
     for name in names:
         schedule[name] = in_child(trees[name], ["--child", "schedule", *common])
         print(f"{name}, schedule: switch {median(schedule[name]['switch_s'][1:]):.3f} s, training step "
               f"{median(schedule[name]['train_s'][1:]):.3f} s", flush=True)
+    from frostline._table import WIDTH, paragraph
+
     table, growth = call_tables(calls, names)
     sched = schedule_table(schedule, names)
     load = os.getloadavg()[0]
     dims = QUICK_MODEL if args.quick else SCHEDULE_MODEL
     batch = "2 x 64" if args.quick else "8 x 256"
-    head = (f"Llama-style meta models (LlamaConfig defaults, num_hidden_layers varied); median of up to "
-            f"{args.repeats} repeats per call")
+    head = ("Llama-style meta models (LlamaConfig defaults, num_hidden_layers varied), sizes interleaved; median "
+            "over the repeats counted per call")
     sched_head = (f"LayerwiseSampling(n_active=8, every=1) on a {dims['num_hidden_layers']}-layer Llama (hidden "
                   f"{dims['hidden_size']}, MLP {dims['intermediate_size']}, vocab {dims['vocab_size']}), AdamW, batch "
                   f"{batch} tokens, {args.threads} threads, OMP_WAIT_POLICY="
                   f"{os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}; medians of {args.steps} steps after the first")
+    head, sched_head = paragraph(head, WIDTH), paragraph(sched_head, WIDTH)
     text = f"{head}\n{table}\n\n{growth}\n\n{sched_head}\n{sched}\n(load average {load:.1f} on {os.cpu_count()} cores)"
     print(text)
     RESULTS.mkdir(exist_ok=True)

@@ -152,3 +152,13 @@ def test_first_hour_freeze_to_past_the_last_group_is_an_error(n):
     assert frozen_names(model) == []  # nothing was changed
     freeze_to(model, -8)
     assert frozen_names(model) == []
+
+
+def test_layer_groups_cost_linear_in_the_model():
+    """Each name finds its group by its own module prefixes, not by a test of every group (issue 14)."""
+    from cost import growth, stack
+
+    assert growth(lambda m: lambda: layer_groups(m)) < 4.5
+    firsts = [g[0] for g in layer_groups(stack(3))]
+    assert firsts == ["embed.weight", "layers.0.attn.q.weight", "layers.1.attn.q.weight", "layers.2.attn.q.weight",
+                      "norm.weight"]

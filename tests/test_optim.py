@@ -447,3 +447,22 @@ def test_silent_03_whole_to_partial_and_back_keeps_the_state_of_what_trains_thro
     assert report.state_kept == {"0._frostline_trainable_weight": "0.weight"}
     assert torch.equal(opt.state[weight]["exp_avg"][2:], moments[2:])
     assert torch.equal(opt.state[weight]["exp_avg"][:2], torch.zeros(2, 4))  # frozen meanwhile: freed, fresh again
+
+
+
+def test_sync_cost_linear_in_the_model():
+    """Syncing after every block froze, then after they all came back: work linear in the model (issue 14)."""
+    from cost import operations, stack
+
+    def work(blocks: int) -> int:
+        model = stack(blocks)
+        opt = frostline.optimizer(model, torch.optim.AdamW, lr=1e-3)
+        frostline.freeze(model, "layers")
+        leaving = operations(lambda: frostline.sync(opt, model))
+        frostline.unfreeze(model, "layers")
+        returning = operations(lambda: frostline.sync(opt, model))
+        assert not any("frostline_parked" in g for g in opt.param_groups)  # every parked name came back
+        return leaving + returning
+
+    work(2)  # first-call costs (imports) out of the way
+    assert work(64) / work(16) < 4.5

@@ -123,6 +123,14 @@ def test_repeated_blocks_are_the_layers():
         repeated_blocks(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
 
 
+def test_repeated_blocks_cost_linear_in_the_model():
+    """All blocks are selected in one pass over the model, not one pass per block (issue 14)."""
+    from cost import growth
+
+    assert growth(lambda m: lambda: repeated_blocks(m)) < 4.5
+    assert growth(lambda m: lambda: LayerwiseSampling(n_active=2, every=1, groups=list(m.layers))._resolve(m)) < 4.5
+
+
 # -- the draws --------------------------------------------------------------------------------------------------
 def _draws(seed: int) -> list[tuple[int, ...]]:
     model, schedule, out = tiny(5), LayerwiseSampling(n_active=2, every=3, seed=seed), []

@@ -114,3 +114,25 @@ def test_first_hour_a_glob_typo_gets_no_regex_advice():
         with pytest.raises(SelectionError) as info:
             select(model, spec)
         assert "closest names" in str(info.value) and "regular expression" not in str(info.value)
+
+
+# -- cost linear in the model (issue 14): counted operations, see tests/cost.py ------------------------------------
+def test_a_list_of_names_or_modules_costs_linear_in_the_model():
+    from cost import growth
+
+    # every parameter by its exact name, every block by name and as a module object: one pass each, not one
+    # scan of every name per entry
+    assert growth(lambda m: lambda: select(m, [n for n, _ in m.named_parameters()])) < 4.5
+    assert growth(lambda m: lambda: select(m, [f"layers.{i}" for i in range(len(m.layers))])) < 4.5
+    assert growth(lambda m: lambda: select(m, list(m.layers))) < 4.5
+    assert growth(lambda m: lambda: select(m, [p for p in m.parameters()])) < 4.5
+
+
+def test_select_each_is_select_per_spec():
+    from frostline.selection import select_each
+
+    model = tiny_resnet()
+    specs = ["layer1", model.fc, nn.BatchNorm2d, re.compile(r".*conv1\.weight"), ["*", "!layer*"], "fc.bias"]
+    assert select_each(model, specs) == [select(model, spec) for spec in specs]
+    with pytest.raises(SelectionError, match="closest names"):
+        select_each(model, ["fc", "nope"])

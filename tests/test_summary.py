@@ -60,3 +60,18 @@ def test_partial_column_fits_120_columns_and_table_keeps_the_detail():
     assert "0.conv1.weight (split), 0.bn1.weight (mask), 0.conv2.weight (split), ... (+5)" in text
     wide = s.table(width=None)
     assert ", ".join(partial) in wide and max(len(line) for line in wide.splitlines()) > 120
+
+
+def test_summary_cost_linear_in_the_model_with_an_optimizer():
+    """Optimizer state is counted per parameter once, not by a pass over all state per parameter (issue 14)."""
+    from cost import growth
+
+    def prepare(model):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()
+        return lambda: frostline.summary(model, opt)
+
+    assert growth(prepare) < 4.5
+    assert growth(lambda m: lambda: frostline.summary(m)) < 4.5

@@ -120,6 +120,14 @@ def get_partial(model: nn.Module, name: str) -> PartialTensor | None:
     return partial_tensors(module).get(local)
 
 
+def partials_by_name(model: nn.Module) -> dict[str, PartialTensor]:
+    """Every partially frozen tensor of ``model`` under each of its logical names, from one walk of the model: for
+    callers asking about many names (``get_partial`` looks each one's module up from the root)."""
+    return {f"{module_name}.{local}" if module_name else local: partial
+            for module_name, module in model.named_modules(remove_duplicate=False)
+            for local, partial in partial_tensors(module).items()}
+
+
 def named_logical_parameters(model: nn.Module, *, remove_duplicate: bool = True) -> Iterator[tuple[str, Tensor]]:
     """Yield ``(name, tensor)`` for every parameter as the user knows it.
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from torch import nn
@@ -71,13 +72,13 @@ def _walk(module: nn.Module, prefix: str, groups: list[list[tuple[str, bool]]]) 
             groups.append(list(pending))
             pending.clear()
 
-    kinds = [type(c) for c in module.children() if _has_params(c)]
+    kinds = Counter(type(c) for c in module.children() if _has_params(c))
     for child_name, child in module.named_children():
         if not _has_params(child):
             continue
         child_prefix = f"{prefix}{child_name}."
         # A repeated block stays whole even when made of parts (two BERT-style layers written as attributes).
-        if _expandable(child) or (not container and kinds.count(type(child)) == 1 and _staged(child)):
+        if _expandable(child) or (not container and kinds[type(child)] == 1 and _staged(child)):
             flush()
             _walk(child, child_prefix, groups)
         elif container or not _is_leaf(child):
@@ -112,14 +113,20 @@ def layer_groups(model: nn.Module) -> list[list[str]]:
         _walk(model, "", owners)
     else:
         owners.append([("", True)])
+    # (module prefix, recurse) -> the first group it owns: a name's group is then found by looking up its own
+    # module prefixes, not by testing every group (which costs groups x names on a model of many blocks)
+    first: dict[tuple[str, bool], int] = {}
+    for i, group in enumerate(owners):
+        for owner in group:
+            first.setdefault(owner, i)
     groups: list[list[str]] = [[] for _ in owners]
     for name, _ in named_logical_parameters(model):
-        module_prefix = name.rpartition(".")[0]
-        module_prefix = f"{module_prefix}." if module_prefix else ""
-        for i, group in enumerate(owners):
-            if any(name.startswith(p) if recurse else module_prefix == p for p, recurse in group):
-                groups[i].append(name)
-                break
+        prefixes = [""] + [name[:i + 1] for i, c in enumerate(name) if c == "."]  # "", "a.", "a.b." for "a.b.w"
+        found = [first[(p, True)] for p in prefixes if (p, True) in first]
+        if (prefixes[-1], False) in first:
+            found.append(first[(prefixes[-1], False)])
+        if found:
+            groups[min(found)].append(name)
     return [g for g in groups if g]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import weakref
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from ._state import get_partial, named_logical_parameters
+from ._state import named_logical_parameters, partials_by_name
 from ._table import human_bytes
 from .errors import FrostlineError
 from .groups import layer_groups
@@ -58,9 +59,12 @@ class _Rule:
     layer_decay: float | None
     lr_mult: Mapping[Any, float]
 
-    def place(self, model: nn.Module) -> dict[int, tuple[nn.Parameter, str, str, dict[str, Any]]]:
-        """For each trainable Parameter (by id, in model order): it, its name, group name, group hyperparameters."""
-        logical = _logical_names(model)
+    def place(self, model: nn.Module, logical: dict[int, str] | None = None
+              ) -> dict[int, tuple[nn.Parameter, str, str, dict[str, Any]]]:
+        """For each trainable Parameter (by id, in model order): it, its name, group name, group hyperparameters.
+        ``logical``: :func:`_logical_names` of the model, when the caller has it already."""
+        logical = _logical_names(model) if logical is None else logical
+        modules = dict(model.named_modules(remove_duplicate=False))  # owners by name, for no_decay's class test
         depth = {n: i for i, group in enumerate(layer_groups(model)) for n in group} if self.layer_decay else {}
         n_layers = 1 + max(depth.values(), default=0)
         mult: dict[str, float] = {}
@@ -81,7 +85,7 @@ class _Rule:
                 parts.append(f"depth{depth[name]}")
             if mult.get(name, 1.0) != 1.0:
                 parts.append(f"lr_x{mult[name]:g}")
-            decays = self.weight_decay > 0 and not _exempt(model, name, self.no_decay)
+            decays = self.weight_decay > 0 and not _exempt(modules[name.rpartition(".")[0]], name, self.no_decay)
             if self.weight_decay > 0:
                 parts.append("decay" if decays else "no_decay")
             hyper = {"lr": self.lr * scale, "weight_decay": self.weight_decay if decays else 0.0}
@@ -92,17 +96,18 @@ class _Rule:
 def _logical_names(model: nn.Module) -> dict[int, str]:
     """Map each real Parameter (a partial tensor's internals included) to the logical name users know it by."""
     out: dict[int, str] = {}
+    partials = partials_by_name(model)
     for name, tensor in named_logical_parameters(model):
-        partial = get_partial(model, name)
+        partial = partials.get(name)
         for param in partial.trainable_parameters() if partial is not None else [tensor]:
             out.setdefault(id(param), name)
     return out
 
 
-def _exempt(model: nn.Module, name: str, patterns: tuple[str, ...]) -> bool:
-    """True when ``name`` gets no weight decay: a glob pattern matches the full name, or a plain word is part of
-    a dotted component of the name or of the owning module's class name; "norm" also matches torch norm layers."""
-    module = model.get_submodule(name.rpartition(".")[0])
+def _exempt(module: nn.Module, name: str, patterns: tuple[str, ...]) -> bool:
+    """True when ``name`` (a parameter of ``module``) gets no weight decay: a glob pattern matches the full name, or
+    a plain word is part of a dotted component of the name or of the owning module's class name; "norm" also
+    matches torch norm layers."""
     words = [part.lower() for part in name.split(".")] + [type(module).__name__.lower()]
     for pattern in patterns:
         if any(c in pattern for c in "*?["):
@@ -329,7 +334,8 @@ def sync(optimizer: torch.optim.Optimizer, model: nn.Module, *, lr_factor: float
         raise ValueError(f"lr_factor must be a number >= 0 or None, got {lr_factor!r}")
     report = SyncReport()
     real = {id(p): n for n, p in model.named_parameters()}
-    logical = _all_logical_names(model)
+    stored = _logical_names(model)  # the Parameters that store logical tensors; logical adds the tensors themselves
+    logical = _all_logical_names(model, stored)
     known = set(real.values()) | set(logical.values())
     carried: dict[int, tuple[torch.Tensor, dict[str, Any], str, int]] = {}  # successor id -> it, state, from, order
     for group in optimizer.param_groups:
@@ -341,14 +347,14 @@ def sync(optimizer: torch.optim.Optimizer, model: nn.Module, *, lr_factor: float
             _free(optimizer, param, real.get(id(param), logical.get(id(param), "<not in the model>")), report)
     fresh = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in grouped]
     if fresh:
-        _join(optimizer, model, fresh, logical, lr_factor, report)
+        _join(optimizer, model, fresh, logical, stored, lr_factor, report)
         _remember(optimizer, [p for _, p in fresh], logical)
     _hand_over(optimizer, carried, real, report)
     return report
 
 
-def _all_logical_names(model: nn.Module) -> dict[int, str]:
-    out = _logical_names(model)
+def _all_logical_names(model: nn.Module, stored: dict[int, str]) -> dict[int, str]:
+    out = dict(stored)
     for name, tensor in named_logical_parameters(model):
         out.setdefault(id(tensor), name)
     return out
@@ -418,20 +424,19 @@ def _hand_over(optimizer: torch.optim.Optimizer, carried: dict[int, tuple], real
 
 
 def _join(optimizer: torch.optim.Optimizer, model: nn.Module, fresh: list[tuple[str, nn.Parameter]],
-          logical: dict[int, str], lr_factor: float | None, report: SyncReport) -> None:
+          logical: dict[int, str], stored: dict[int, str], lr_factor: float | None, report: SyncReport) -> None:
     rule: _Rule | None = getattr(optimizer, _RULE, None)
-    placed = rule.place(model) if rule is not None else {}
+    placed = rule.place(model, stored) if rule is not None else {}
     named = {g["name"]: g for g in optimizer.param_groups if "name" in g}
     parked = {n: g for g in optimizer.param_groups for n in g.get(PARKED, ())}
     # target: an existing group (by id) or a group the rule describes but the optimizer lacks (by name)
     targets: dict[Any, tuple[dict[str, Any] | None, str, dict[str, Any], list[tuple[str, nn.Parameter]]]] = {}
+    returning: dict[int, tuple[dict[str, Any], list[str]]] = {}  # names to take off each group's parked list
     for real_name, param in fresh:
         name = logical.get(id(param), real_name)
         if name in parked:
             group = parked[name]
-            group[PARKED].remove(name)
-            if not group[PARKED]:
-                del group[PARKED]
+            returning.setdefault(id(group), (group, []))[1].append(name)
             hyper, label = {}, _label(optimizer, group)
         elif id(param) in placed and placed[id(param)][2] not in named:
             group, label, hyper = None, placed[id(param)][2], placed[id(param)][3]
@@ -440,6 +445,8 @@ def _join(optimizer: torch.optim.Optimizer, model: nn.Module, fresh: list[tuple[
             hyper, label = {}, _label(optimizer, group)
         key = id(group) if group is not None else label
         targets.setdefault(key, (group, label, hyper, []))[3].append((real_name, param))
+    for group, names in returning.values():
+        _unpark(group, names)
     with_names = "param_names" in optimizer.param_groups[0]
     for group, label, hyper, members in targets.values():
         if group is not None and lr_factor is None:
@@ -465,6 +472,22 @@ def _join(optimizer: torch.optim.Optimizer, model: nn.Module, fresh: list[tuple[
             optimizer.add_param_group(new)
             report.groups_added.append(label)
         report.added.update((n, label) for n, _ in members)
+
+
+def _unpark(group: dict[str, Any], names: list[str]) -> None:
+    """Take ``names`` off ``group``'s parked list (one entry each) in one pass, and the list when it is empty:
+    ``list.remove`` per name costs the list's length per name, and a deep model parks thousands of names."""
+    leaving = Counter(names)
+    kept = []
+    for name in group[PARKED]:
+        if leaving[name] > 0:
+            leaving[name] -= 1
+        else:
+            kept.append(name)
+    if kept:
+        group[PARKED][:] = kept
+    else:
+        del group[PARKED]
 
 
 def _label(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> str:

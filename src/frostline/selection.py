@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ._state import named_logical_parameters
 from .errors import SelectionError
 
-__all__ = ["select", "Spec"]
+__all__ = ["select", "select_each", "Spec"]
 
 Spec = Union[
     str,
@@ -38,21 +38,45 @@ Spec = Union[
 
 
 class _Universe:
-    """Every logical parameter of a model, under each of its names, keyed by identity."""
+    """Every logical parameter of a model, under each of its names, keyed by identity, with the indexes that
+    let each spec be answered without a scan of every name (a list of exact names stays linear in the model)."""
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.aliases = list(named_logical_parameters(model, remove_duplicate=False))
-        self.canonical: dict[int, str] = {}
-        for name, tensor in named_logical_parameters(model):
-            self.canonical[id(tensor)] = name
-        self.module_names = [name for name, _ in model.named_modules(remove_duplicate=False) if name]
+        # id -> (position in model order, canonical name): a tied tensor's first name, as named_logical_parameters
+        # without duplicates gives it (derived here from the same walk)
+        self.canonical: dict[int, tuple[int, str]] = {}
+        for name, tensor in self.aliases:
+            if id(tensor) not in self.canonical:
+                self.canonical[id(tensor)] = (len(self.canonical), name)
+        self.named: dict[str, set[int]] = {}  # a parameter name (canonical or an alias) -> its tensor
+        self.beneath: dict[str, set[int]] = {}  # a module name -> the tensors beneath it (modules with some only)
+        for name, tensor in self.aliases:
+            self.named.setdefault(name, set()).add(id(tensor))
+            dot = name.find(".")
+            while dot != -1:
+                self.beneath.setdefault(name[:dot], set()).add(id(tensor))
+                dot = name.find(".", dot + 1)
+        self._paths: dict[int, list[str]] | None = None
+
+    def every(self) -> set[int]:
+        return set(self.canonical)
+
+    def paths(self, module: nn.Module) -> list[str]:
+        """Every name ``module`` has in the model ("" for the model itself); empty when it is not part of it."""
+        if self._paths is None:
+            self._paths = {}
+            for name, m in self.model.named_modules(remove_duplicate=False):
+                self._paths.setdefault(id(m), []).append(name)
+        return self._paths.get(id(module), [])
 
     def ordered(self, ids: set[int]) -> list[str]:
-        return [name for key, name in self.canonical.items() if key in ids]
+        return [name for _, name in sorted(self.canonical[key] for key in ids)]
 
     def closest(self, text: str) -> list[str]:
-        pool = list(dict.fromkeys([n for n, _ in self.aliases] + self.module_names))
+        module_names = [name for name, _ in self.model.named_modules(remove_duplicate=False) if name]
+        pool = list(dict.fromkeys([n for n, _ in self.aliases] + module_names))
         probe = text.replace("*", "").replace("?", "")
         close = difflib.get_close_matches(probe, pool, n=5, cutoff=0.3)
         if not close:  # fall back to names sharing the longest dotted prefix
@@ -69,25 +93,24 @@ def _common_prefix(a: str, b: str) -> str:
 
 def _by_name(universe: _Universe, matches: Callable[[str], bool]) -> set[int]:
     """Parameters whose full name matches, or that live beneath a module whose name matches."""
-    modules = {name for name in universe.module_names if matches(name)}
     hit: set[int] = set()
-    for name, tensor in universe.aliases:
-        if matches(name):
-            hit.add(id(tensor))
-            continue
-        parts = name.split(".")
-        if any(".".join(parts[:i]) in modules for i in range(1, len(parts))):
-            hit.add(id(tensor))
+    for index in (universe.named, universe.beneath):
+        for name, ids in index.items():
+            if matches(name):
+                hit |= ids
     return hit
 
 
+def _by_exact_name(universe: _Universe, name: str) -> set[int]:
+    """:func:`_by_name` for a glob without wildcards (it matches only itself): two lookups instead of a scan."""
+    return universe.named.get(name, set()) | universe.beneath.get(name, set())
+
+
 def _beneath(universe: _Universe, roots: list[nn.Module]) -> set[int]:
-    wanted = {id(m) for m in roots}
     hit: set[int] = set()
-    for module_name, module in universe.model.named_modules(remove_duplicate=False):
-        if id(module) in wanted:
-            prefix = f"{module_name}." if module_name else ""
-            hit |= {id(t) for n, t in universe.aliases if n.startswith(prefix)}
+    for root in roots:
+        for path in universe.paths(root):
+            hit |= universe.every() if path == "" else universe.beneath.get(path, set())
     return hit
 
 
@@ -95,7 +118,10 @@ def _match(universe: _Universe, spec: Any) -> set[int]:  # Any: whatever the use
     if isinstance(spec, str):
         if spec.startswith("!"):
             raise SelectionError(f"exclusion {spec!r} needs a list beside what it excludes from, e.g. ['*', {spec!r}]")
-        hit = _by_name(universe, lambda name: fnmatch.fnmatchcase(name, spec))
+        if _GLOB.search(spec):
+            hit = _by_name(universe, lambda name: fnmatch.fnmatchcase(name, spec))
+        else:  # a plain name: fnmatch would match it only to itself
+            hit = _by_exact_name(universe, spec)
         what = f"pattern {spec!r}"
         empty = [] if hit else [f"{n} ({type(m).__name__})" for n, m in universe.model.named_modules()
                                 if n and fnmatch.fnmatchcase(n, spec) and not any(True for _ in m.parameters())]
@@ -121,7 +147,7 @@ def _match(universe: _Universe, spec: Any) -> set[int]:  # Any: whatever the use
                                  "pass a submodule of the model (e.g. model.fc)")
         return hit
     elif isinstance(spec, Tensor):
-        if id(spec) not in {id(t) for _, t in universe.aliases}:
+        if id(spec) not in universe.canonical:
             raise SelectionError("the tensor given is not a parameter of the model (membership is by identity)")
         return {id(spec)}
     elif callable(spec):
@@ -142,6 +168,8 @@ def _match(universe: _Universe, spec: Any) -> set[int]:  # Any: whatever the use
                              f"{advice}")
     return hit
 
+
+_GLOB = re.compile(r"[*?[]")  # what makes fnmatch more than string equality
 
 # Regex syntax a glob never needs: parameter names hold no backslash, and fnmatch has no anchors, groups,
 # alternation or repetition counts.
@@ -169,7 +197,7 @@ def _match_list(universe: _Universe, specs: list) -> set[int]:
         for spec in include:
             hit |= _match(universe, spec)
     else:
-        hit = {id(t) for _, t in universe.aliases}
+        hit = universe.every()
     for spec in exclude:
         hit -= _match(universe, spec)
     if not hit:
@@ -213,3 +241,21 @@ def select(model: nn.Module, spec: Spec = "*") -> list[str]:
     """
     universe = _Universe(model)
     return universe.ordered(_match(universe, spec))
+
+
+def select_each(model: nn.Module, specs: Sequence[Spec]) -> list[list[str]]:
+    """``[select(model, spec) for spec in specs]``, with one walk of the model for all of them.
+
+    For callers that select many groups at once (a schedule's blocks): each :func:`select` walks the whole model,
+    so selecting every block of a deep model one by one costs the number of blocks times the model.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> from frostline.selection import select_each
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+        >>> select_each(model, ["0", model[1]])
+        [['0.weight', '0.bias'], ['1.weight', '1.bias']]
+    """
+    universe = _Universe(model)
+    return [universe.ordered(_match(universe, spec)) for spec in specs]
+

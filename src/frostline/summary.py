@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ._state import get_partial, named_logical_parameters, trainable_count
+from ._state import named_logical_parameters, partials_by_name, trainable_count
 from ._table import WIDTH, brief, human_bytes, human_count, render
 
 __all__ = ["summary", "Summary", "SummaryRow", "optimizer_state_bytes"]
@@ -84,14 +84,12 @@ class Summary:
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer, params: Iterable[Tensor] | None = None) -> int:
     """Bytes of tensors the optimizer keeps in its state (for ``params`` only, if given; by identity)."""
     wanted = None if params is None else {id(p) for p in params}
-    total = 0
-    for param, state in optimizer.state.items():
-        if wanted is not None and id(param) not in wanted:
-            continue
-        for value in state.values():
-            if torch.is_tensor(value):
-                total += value.numel() * value.element_size()
-    return total
+    return sum(_state_bytes(state) for param, state in optimizer.state.items()
+               if wanted is None or id(param) in wanted)
+
+
+def _state_bytes(state: dict) -> int:
+    return sum(value.numel() * value.element_size() for value in state.values() if torch.is_tensor(value))
 
 
 def summary(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Summary:
@@ -112,25 +110,26 @@ def summary(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) ->
         (58, 18, 40)
     """
     rows: dict[str, SummaryRow] = {}
-    owner_of_storage: dict[int, str] = {}
+    partials = partials_by_name(model)
     for name, tensor in named_logical_parameters(model):
         top = name.split(".")[0] if "." in name else "(root)"
         row = rows.setdefault(top, SummaryRow(top, 0, 0))
-        trainable = trainable_count(model, name, tensor)
+        partial = partials.get(name)
+        trainable = (trainable_count(model, name, tensor) if partial is not None
+                     else tensor.numel() if tensor.requires_grad else 0)
         row.trainable += trainable
         row.frozen += tensor.numel() - trainable
-        partial = get_partial(model, name)
         if partial is not None:
             row.strategies.append(f"{name.partition('.')[2] or name} ({partial.strategy})")
-    for name, param in model.named_parameters():
-        owner_of_storage[id(param)] = name.split(".")[0] if "." in name else "(root)"
     total_opt: int | None = None
     if optimizer is not None:
+        owner_of_storage = {id(param): name.split(".")[0] if "." in name else "(root)"
+                            for name, param in model.named_parameters()}
         total_opt = 0
         spent = {top: 0 for top in rows}
-        for held in optimizer.state:
+        for held, state in optimizer.state.items():
             owner = owner_of_storage.get(id(held))
-            size = optimizer_state_bytes(optimizer, [held])
+            size = _state_bytes(state)
             total_opt += size
             if owner is not None:
                 spent[owner] += size

@@ -25,11 +25,11 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from .._state import get_partial, named_logical_parameters
+from .._state import named_logical_parameters, partials_by_name
 from ..errors import FrostlineError
 from ..freeze import freeze, unfreeze
 from ..groups import layer_groups
-from ..selection import select
+from ..selection import select_each
 from . import _optim
 
 __all__ = ["Schedule", "Change", "Plan"]
@@ -280,7 +280,7 @@ class Schedule:
         if self._group_specs is None:
             groups = layer_groups(model)
         else:
-            groups = [select(model, spec) for spec in self._group_specs]
+            groups = select_each(model, self._group_specs)
         seen: dict[str, int] = {}
         for i, group in enumerate(groups):
             for name in group:
@@ -297,9 +297,9 @@ class Schedule:
         number taken over. Derived groups (``groups=None``) take nothing: the user's freeze stays theirs."""
         if self._group_specs is None:
             return 0
-        tensors = dict(named_logical_parameters(model))
+        tensors, partials = dict(named_logical_parameters(model)), partials_by_name(model)
         claimed = [n for g in self.groups for n in g if n not in self._mine and n in tensors
-                   and not tensors[n].requires_grad and get_partial(model, n) is None]
+                   and not tensors[n].requires_grad and n not in partials]
         if claimed:
             self._mine |= set(claimed)
             log.info("%s takes over %d tensors frozen before it (its spec names them), e.g. %s: it unfreezes them "
@@ -323,24 +323,24 @@ class Schedule:
     def _kept(self, model: nn.Module, target: set[str]) -> tuple[list[str], list[str]]:
         """What the user froze in this schedule's groups and it leaves as it is: fully frozen ones the plan
         trains (not its own to unfreeze), and partially frozen ones (left to their strategy)."""
-        tensors = dict(named_logical_parameters(model))
+        tensors, partials = dict(named_logical_parameters(model)), partials_by_name(model)
         names = [n for g in self.groups for n in g]
-        partial = [n for n in names if get_partial(model, n) is not None]
+        partial = [n for n in names if n in partials]
         kept = [n for n in names if n not in target and n not in self._mine and n in tensors
-                and not tensors[n].requires_grad and get_partial(model, n) is None]
+                and not tensors[n].requires_grad and n not in partials]
         return kept, partial
 
     def _set_frozen(self, model: nn.Module, target: set[str]) -> None:
         """Make exactly ``target`` frozen by this schedule: unfreeze only what it froze itself or took over
         (:meth:`_claim`), and leave other parameters the user froze (or froze partially) alone."""
-        tensors = dict(named_logical_parameters(model))
+        tensors, partials = dict(named_logical_parameters(model)), partials_by_name(model)
         missing = sorted((target | self._mine) - tensors.keys())
         if missing:
             raise FrostlineError(f"{len(missing)} scheduled parameter(s) are not in the model, e.g. {missing[:3]}; "
                                  "was the checkpoint written for another model?")
         thaw = self._ordered(self._mine - target)
         chill = [n for n in self._ordered(target - self._mine)
-                 if tensors[n].requires_grad and get_partial(model, n) is None]
+                 if tensors[n].requires_grad and n not in partials]
         if thaw:
             unfreeze(model, thaw)
         if chill:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._state import get_partial
+from .._state import partials_by_name
 from ..errors import FrostlineError
 from ..optim import PARKED, sync  # the optimizer issue's public sync, never a copy of it
 
@@ -22,10 +22,10 @@ BASE_LR, LAST_LR, GROUP = "frostline_base_lr", "frostline_lr", "frostline_group"
 
 def _real_params(model: nn.Module, names: dict[str, Any]) -> dict[int, Any]:
     """Map each real Parameter behind logical names (a partial tensor's trainable Parameters included) to a value."""
-    params = dict(model.named_parameters())
+    params, partials = dict(model.named_parameters()), partials_by_name(model)
     out: dict[int, Any] = {}
     for name, value in names.items():
-        partial = get_partial(model, name)
+        partial = partials.get(name)
         for p in partial.trainable_parameters() if partial is not None else [params[name]]:
             out[id(p)] = value
     return out

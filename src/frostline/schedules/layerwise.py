@@ -13,10 +13,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .._state import get_partial
+from .._state import partials_by_name
 from ..errors import FrostlineError
 from ..groups import _CONTAINERS, _has_params, _is_leaf
-from ..selection import select
+from ..selection import select_each
 from ._base import Change, Plan, Schedule, _common_module
 from ._registry import register
 
@@ -71,8 +71,9 @@ def repeated_blocks(model: nn.Module) -> list[list[str]]:
         return _is_leaf(model.get_submodule(names[0])), min(n.count(".") for n in names), -len(names)
 
     names = min(found.items(), key=rank)[1]  # min keeps the first of equals: model order
-    names = [n for n in names if not any(n.startswith(f"{other}.") for other in names)]
-    return [select(model, model.get_submodule(n)) for n in names]
+    listed = set(names)  # drop blocks nested in another block: a dotted prefix of theirs is listed
+    names = [n for n in names if not any(n[:i] in listed for i, c in enumerate(n) if c == ".")]
+    return select_each(model, [model.get_submodule(n) for n in names])
 
 
 @register
@@ -261,7 +262,8 @@ class LayerwiseSampling(Schedule):
         """The blocks are the schedule's, found or given (the base class calls this at the first step and at a
         restore): refuse partially frozen tensors in them, take over what the user froze; the number taken."""
         names = [n for g in self.groups for n in g]
-        partial = [n for n in names if get_partial(model, n) is not None]
+        partials = partials_by_name(model)
+        partial = [n for n in names if n in partials]
         if partial:
             raise FrostlineError(f"{len(partial)} tensor(s) inside the blocks are partially frozen "
                                  f"({', '.join(partial[:3])}); LayerwiseSampling freezes and unfreezes blocks whole, "

@@ -205,3 +205,20 @@ def test_first_hour_freeze_inside_inference_mode_is_refused(call):
         assert torch.equal(model.get_parameter(name).detach(), before[name]) is (is_frozen(model, name) is True), name
     if is_frozen(model, "1.weight") == "partial":
         assert torch.equal(model[1].weight[0].detach(), before["1.weight"][0])
+
+
+def test_freeze_unfreeze_and_is_frozen_grow_linearly_with_the_model():
+    """Counted calls, not time: 4x the blocks costs at most ~4x the work (a scan per name would give ~16x)."""
+    from cost import growth
+
+    def freeze_then(call):
+        def prepare(model):
+            freeze(model, "layers")
+            return lambda: call(model)
+        return prepare
+
+    assert growth(lambda m: lambda: freeze(m, "layers")) < 4.5
+    assert growth(freeze_then(lambda m: unfreeze(m, "layers"))) < 4.5
+    assert growth(freeze_then(lambda m: freeze(m, "layers"))) < 4.5  # again: nothing changes, nothing rescanned
+    assert growth(freeze_then(lambda m: is_frozen(m, "layers.0"))) < 4.5
+    assert growth(freeze_then(frozen_names)) < 4.5

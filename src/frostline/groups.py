@@ -22,22 +22,24 @@ from .freeze import freeze, unfreeze
 
 __all__ = ["layer_groups", "freeze_to"]
 
-_CONTAINERS = (nn.ModuleList, nn.Sequential)
+CONTAINERS = (nn.ModuleList, nn.Sequential)  # the classes whose children are a model's blocks
 
 
-def _has_params(module: nn.Module) -> bool:
+def has_params(module: nn.Module) -> bool:
+    """Whether any parameter lies beneath ``module``."""
     return any(True for _ in module.parameters())
 
 
-def _is_leaf(module: nn.Module) -> bool:
-    return not any(_has_params(child) for child in module.children())
+def is_leaf(module: nn.Module) -> bool:
+    """Whether no child of ``module`` holds parameters (a layer, not a block of layers)."""
+    return not any(has_params(child) for child in module.children())
 
 
 def _expandable(module: nn.Module) -> bool:
     """A container of composite blocks (a ModuleList/Sequential of layers, blocks...), here or below."""
-    if isinstance(module, _CONTAINERS):
-        children = [c for c in module.children() if _has_params(c)]
-        if len(children) >= 2 and any(not _is_leaf(c) for c in children):
+    if isinstance(module, CONTAINERS):
+        children = [c for c in module.children() if has_params(c)]
+        if len(children) >= 2 and any(not is_leaf(c) for c in children):
             return True
     return any(_expandable(child) for child in module.children())
 
@@ -46,7 +48,7 @@ def _inner(module: nn.Module) -> nn.Module:
     """The module a wrapper holds (a LightningModule's network): descend while there is one child with
     parameters and no parameter of one's own."""
     while not any(True for _ in module.parameters(recurse=False)):
-        children = [c for c in module.children() if _has_params(c)]
+        children = [c for c in module.children() if has_params(c)]
         if len(children) != 1:
             break
         module = children[0]
@@ -57,31 +59,31 @@ def _staged(module: nn.Module) -> bool:
     """A plain module made of stages, like a hand-written ResNet's body (stem, layer1..layer4): two or more
     composite children. Its stages are groups, as a Sequential's blocks are."""
     module = _inner(module)
-    if isinstance(module, _CONTAINERS):
+    if isinstance(module, CONTAINERS):
         return False
-    return sum(1 for c in module.children() if _has_params(c) and not _is_leaf(c)) >= 2
+    return sum(1 for c in module.children() if has_params(c) and not is_leaf(c)) >= 2
 
 
 def _walk(module: nn.Module, prefix: str, groups: list[list[tuple[str, bool]]]) -> None:
     """Append groups, each a list of ``(module prefix, recurse)`` owners, in forward order."""
     pending: list[tuple[str, bool]] = [(prefix, False)]  # the module's own direct parameters
-    container = isinstance(module, _CONTAINERS)
+    container = isinstance(module, CONTAINERS)
 
     def flush() -> None:
         if pending:
             groups.append(list(pending))
             pending.clear()
 
-    kinds = Counter(type(c) for c in module.children() if _has_params(c))
+    kinds = Counter(type(c) for c in module.children() if has_params(c))
     for child_name, child in module.named_children():
-        if not _has_params(child):
+        if not has_params(child):
             continue
         child_prefix = f"{prefix}{child_name}."
         # A repeated block stays whole even when made of parts (two BERT-style layers written as attributes).
         if _expandable(child) or (not container and kinds[type(child)] == 1 and _staged(child)):
             flush()
             _walk(child, child_prefix, groups)
-        elif container or not _is_leaf(child):
+        elif container or not is_leaf(child):
             flush()
             groups.append([(child_prefix, True)])
         else:  # consecutive leaf layers of a non-container (a stem's conv + norm, a head's norm + linear) group up
@@ -108,8 +110,8 @@ def layer_groups(model: nn.Module) -> list[list[str]]:
         2
     """
     owners: list[list[tuple[str, bool]]] = []
-    parts = sum(1 for child in model.children() if _has_params(child))
-    if _expandable(model) or isinstance(model, _CONTAINERS) or parts >= 2 or _staged(model):  # e.g. body, head
+    parts = sum(1 for child in model.children() if has_params(child))
+    if _expandable(model) or isinstance(model, CONTAINERS) or parts >= 2 or _staged(model):  # e.g. body, head
         _walk(model, "", owners)
     else:
         owners.append([("", True)])

@@ -15,7 +15,7 @@ from torch import nn
 
 from .._state import partials_by_name
 from ..errors import FrostlineError
-from ..groups import _CONTAINERS, _has_params, _is_leaf
+from ..groups import CONTAINERS, has_params, is_leaf
 from ..selection import select_each
 from ._base import Change, Plan, Schedule, _common_module
 from ._registry import register
@@ -51,24 +51,24 @@ def repeated_blocks(model: nn.Module) -> list[list[str]]:
     """
     found: dict[type, list[str]] = {}  # class -> names of its repeated instances, in model order
     for name, module in model.named_modules():
-        if not isinstance(module, _CONTAINERS):
+        if not isinstance(module, CONTAINERS):
             continue
         by_class: dict[type, list[str]] = {}
         for child_name, child in module.named_children():
-            if _has_params(child):
+            if has_params(child):
                 by_class.setdefault(type(child), []).append(f"{name}.{child_name}" if name else child_name)
         for cls, names in by_class.items():
             if len(names) >= 2:
                 found.setdefault(cls, []).extend(names)
     if not found:
-        containers = [n or "<the model>" for n, m in model.named_modules() if isinstance(m, _CONTAINERS)]
+        containers = [n or "<the model>" for n, m in model.named_modules() if isinstance(m, CONTAINERS)]
         raise FrostlineError(f"{type(model).__name__} has no repeated blocks (one module class at least twice in a "
                              f"ModuleList/Sequential; its containers: {', '.join(containers[:8]) or 'none'}); "
                              "pass groups=[...] (selector specs, one per block) to the schedule")
 
     def rank(item: tuple[type, list[str]]) -> tuple[bool, int, int]:
         names = item[1]
-        return _is_leaf(model.get_submodule(names[0])), min(n.count(".") for n in names), -len(names)
+        return is_leaf(model.get_submodule(names[0])), min(n.count(".") for n in names), -len(names)
 
     names = min(found.items(), key=rank)[1]  # min keeps the first of equals: model order
     listed = set(names)  # drop blocks nested in another block: a dotted prefix of theirs is listed

@@ -327,9 +327,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared machine, more threads wait on each other)")
     parser.add_argument("--replot", action="store_true", help="redo the tables and plot from the JSON")
-    parser.add_argument("--merge", action="store_true", help="combine the per-dataset JSON files (--dataset runs)")
+    parser.add_argument("--merge", action="store_true", help="combine the per-dataset JSON files (--dataset runs) "
+                        "and the re-runs of some methods (--method runs) into the results")
+    parser.add_argument("--method", action="append", choices=[m.name for m in METHODS], metavar="NAME",
+                        help="only this method (repeatable; full fine-tuning is always run too, since ratios are "
+                             "taken against it in the same run); writes a re-run file that --merge adds")
     args = parser.parse_args()
     stem = "time_to_accuracy" + ("-quick" if args.quick else "")
+    methods = [m for m in METHODS if m is METHODS[0] or m.name in (args.method or [m.name])]
     if args.replot:
         results = json.loads((RESULTS / f"{stem}.json").read_text())
     elif args.merge:
@@ -354,7 +359,7 @@ def main() -> None:
             train, test = encode(tokenizer, data.train, s.max_length), encode(tokenizer, data.test, s.max_length)
             runs = []
             for seed in range(seeds):  # round-robin: every method once per seed, in turn
-                for method in METHODS:
+                for method in methods:
                     runs.append(run(method, seed, s, pristine, train, test, len(data.classes)))
                     r = runs[-1]
                     print(f"{name} seed {seed}  {method.name:34s} acc {r['accuracy']:.3f}  {r['seconds']:6.1f}s "
@@ -374,6 +379,12 @@ def main() -> None:
               f"{'met' if best['goal_met'] else 'not met'})\n" if best else
               "no frostline recipe reached the target\n")
     RESULTS.mkdir(exist_ok=True)
+    if args.method and not (args.replot or args.merge):
+        results["meta"]["methods"] = [m.name for m in methods]
+        path = RESULTS / f"{stem}-rerun-{'-'.join(results['datasets'])}.json"
+        path.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {path}; --merge adds it to the results")
+        return
     if args.dataset and not (args.replot or args.merge):
         path = RESULTS / f"{stem}-{'-'.join(args.dataset)}.json"
         path.write_text(json.dumps(results, indent=1) + "\n")

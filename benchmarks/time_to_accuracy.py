@@ -11,8 +11,9 @@ fixed stratified subsets of two public datasets (:mod:`frostline.datasets`), 3 s
 
 Methods: full fine-tuning; the frozen encoder with its pooled output cached (a linear probe); embeddings + layers 0-3
 frozen with the layer-3 output cached; GradualUnfreeze; UnfreezeAt; ProgressiveFreeze; AutoFreeze; AutoFreeze +
-cache. The last one follows the schedule by hand: each time AutoFreeze's frozen prefix grows, a new
-:class:`frostline.FeatureCache` is built where the prefix now ends (it refills on the following steps).
+cache. The last one is ``FeatureCache(model, upto=schedule)``: it follows AutoFreeze's frozen prefix, advancing
+stored rows through newly frozen blocks instead of recomputing them (before its re-run, this row was measured with
+a new cache built by hand each time the prefix grew, refilled from the input).
 
 For each method: held-out accuracy (mean +- sd over seeds); the train time to reach the target, full fine-tuning's
 final accuracy (mean over seeds) minus 1 point, read off the seed-mean curve (the first evaluation where the mean
@@ -21,11 +22,14 @@ resident memory above its level when the run started (sampled every 5 ms during 
 allocator peak), with the optimizer state and cache sizes beside it. Runs go round-robin (seed by seed, every method
 in turn), so a machine shared with other work slows every method alike.
 
-    python benchmarks/time_to_accuracy.py [--quick] [--seeds 3] [--dataset NAME] [--replot] [--merge]
+    python benchmarks/time_to_accuracy.py [--quick] [--seeds 3] [--dataset NAME] [--method NAME] [--replot] [--merge]
 
 Writes benchmarks/results/time_to_accuracy.json and .png (``-quick`` in the names with ``--quick``). With
 ``--dataset NAME`` it writes ``time_to_accuracy-NAME.json`` only (two datasets can run as two processes), and
-``--merge`` combines those into the results above.
+``--merge`` combines those into the results above. With ``--method NAME`` (repeatable) it runs those methods and
+full fine-tuning only and writes ``time_to_accuracy-rerun-DATASETS.json``; ``--merge`` puts such a re-run beside
+the results: its methods' rows come from it, with ratios against its own full fine-tuning (the main run's runs of
+those methods are kept under ``superseded``).
 """
 
 from __future__ import annotations
@@ -277,6 +281,31 @@ def summarize(runs: list[dict]) -> dict:
                                                "goal_met": best["speedup_vs_full_total"] >= 2.5}}
 
 
+def add_rerun(results: dict, rerun: dict, file: str) -> None:
+    """Put a ``--method`` run into ``results``: per dataset, its runs (full fine-tuning and the methods it re-ran)
+    go under ``rerun``, summarized apart (ratios only within one run), and the main run's runs of those methods
+    move to ``superseded`` (kept, not summarized)."""
+    again = [m for m in rerun["meta"]["methods"] if m != METHODS[0].name]
+    for name, d in rerun["datasets"].items():
+        base = results["datasets"].get(name)
+        if base is None:
+            raise SystemExit(f"{file} re-ran {name}, which the results do not hold; run every method on it first")
+        differ = {k: (base["setting"][k], v) for k, v in d["setting"].items() if base["setting"].get(k) != v}
+        if differ:
+            raise SystemExit(f"{file} ran {name} with another setting than the results (results, re-run): {differ}")
+        base.setdefault("superseded", []).extend(r for r in base["runs"] if r["method"] in again)
+        base["runs"] = [r for r in base["runs"] if r["method"] not in again]
+        base["rerun"] = {"file": file, "methods": rerun["meta"]["methods"], "meta": rerun["meta"],
+                         "runs": d["runs"]}
+
+
+def best_line(summary: dict) -> str:
+    best = summary["best"]
+    return (f"best frostline recipe: {best['method']}, at the target in 1/{best['speedup']:.2f} of full "
+            f"fine-tuning's train time (1/{best['cpu_speedup']:.2f} of its CPU time; goal 2.5x: "
+            f"{'met' if best['goal_met'] else 'not met'})\n" if best else "no frostline recipe reached the target\n")
+
+
 def table(name: str, setting: dict, summary: dict, seeds: int) -> str:
     rows = [[r["method"], f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_sd']:.1f}",
              "never" if r["time_to_target"] is None else f"{r['time_to_target']:.0f}s (step {r['step_to_target']})",
@@ -307,6 +336,11 @@ def plot(results: dict, path: Path) -> None:
         for i, row in enumerate(summary["rows"]):
             ax.plot([c["seconds"] for c in row["curve"]], [c["accuracy"] for c in row["curve"]],
                     marker=".", color=f"C{i}", label=row["method"])
+        rerun = results["datasets"][name].get("rerun")
+        for i, row in enumerate(rerun["summary"]["rows"] if rerun else []):  # another run: its own full curve
+            ax.plot([c["seconds"] for c in row["curve"]], [c["accuracy"] for c in row["curve"]], marker="x",
+                    ls="--", color="black" if i == 0 else f"C{len(summary['rows']) + i}",
+                    label=f"{row['method']} (re-run)")
         ax.axhline(summary["target"], color="grey", ls="--", lw=1, label="full fine-tuning - 1 point")
         ax.axvline(0.4 * summary["full_seconds"], color="grey", ls=":", lw=1, label="40% of full's train time")
         ax.set_xlabel("train time, s (mean of seeds; evaluation not counted)")
@@ -327,16 +361,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared machine, more threads wait on each other)")
     parser.add_argument("--replot", action="store_true", help="redo the tables and plot from the JSON")
-    parser.add_argument("--merge", action="store_true", help="combine the per-dataset JSON files (--dataset runs)")
+    parser.add_argument("--merge", action="store_true", help="combine the per-dataset JSON files (--dataset runs) "
+                        "and the re-runs of some methods (--method runs) into the results")
+    parser.add_argument("--method", action="append", choices=[m.name for m in METHODS], metavar="NAME",
+                        help="only this method (repeatable; full fine-tuning is always run too, since ratios are "
+                             "taken against it in the same run); writes a re-run file that --merge adds")
     args = parser.parse_args()
     stem = "time_to_accuracy" + ("-quick" if args.quick else "")
+    methods = [m for m in METHODS if m is METHODS[0] or m.name in (args.method or [m.name])]
     if args.replot:
         results = json.loads((RESULTS / f"{stem}.json").read_text())
     elif args.merge:
         parts = [json.loads((RESULTS / f"{stem}-{name}.json").read_text()) for name in SETTINGS
                  if (RESULTS / f"{stem}-{name}.json").is_file()]
-        results = {"meta": parts[0]["meta"], "datasets": {k: v for p in parts for k, v in p["datasets"].items()}}
-        results["meta"]["benchmark_seconds"] = [p["meta"]["benchmark_seconds"] for p in parts]
+        if parts:
+            results = {"meta": parts[0]["meta"], "datasets": {k: v for p in parts for k, v in p["datasets"].items()}}
+            results["meta"]["benchmark_seconds"] = [p["meta"]["benchmark_seconds"] for p in parts]
+        else:  # no new run of every method: the re-runs below go into the results as they are
+            results = json.loads((RESULTS / f"{stem}.json").read_text())
+        for path in sorted(RESULTS.glob(f"{stem}-rerun-*.json")):
+            add_rerun(results, json.loads(path.read_text()), path.name)
     else:
         torch.set_num_threads(args.threads)
         seeds = args.seeds or (1 if args.quick else 3)
@@ -354,7 +398,7 @@ def main() -> None:
             train, test = encode(tokenizer, data.train, s.max_length), encode(tokenizer, data.test, s.max_length)
             runs = []
             for seed in range(seeds):  # round-robin: every method once per seed, in turn
-                for method in METHODS:
+                for method in methods:
                     runs.append(run(method, seed, s, pristine, train, test, len(data.classes)))
                     r = runs[-1]
                     print(f"{name} seed {seed}  {method.name:34s} acc {r['accuracy']:.3f}  {r['seconds']:6.1f}s "
@@ -368,12 +412,19 @@ def main() -> None:
     for name, d in results["datasets"].items():
         d["summary"] = summarize(d["runs"])  # from the runs, so that --replot/--merge pick up a changed summary
         print(table(name, d["setting"], d["summary"], results["meta"]["seeds"]))
-        best = d["summary"]["best"]
-        print(f"best frostline recipe: {best['method']}, at the target in 1/{best['speedup']:.2f} of full "
-              f"fine-tuning's train time (1/{best['cpu_speedup']:.2f} of its CPU time; goal 2.5x: "
-              f"{'met' if best['goal_met'] else 'not met'})\n" if best else
-              "no frostline recipe reached the target\n")
+        print(best_line(d["summary"]))
+        if "rerun" in d:
+            d["rerun"]["summary"] = summarize(d["rerun"]["runs"])
+            print(table(f"{name}, re-run of {', '.join(d['rerun']['methods'][1:])} beside full fine-tuning "
+                        f"({d['rerun']['file']})", d["setting"], d["rerun"]["summary"], results["meta"]["seeds"]))
+            print(best_line(d["rerun"]["summary"]))
     RESULTS.mkdir(exist_ok=True)
+    if args.method and not (args.replot or args.merge):
+        results["meta"]["methods"] = [m.name for m in methods]
+        path = RESULTS / f"{stem}-rerun-{'-'.join(results['datasets'])}.json"
+        path.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {path}; --merge adds it to the results")
+        return
     if args.dataset and not (args.replot or args.merge):
         path = RESULTS / f"{stem}-{'-'.join(args.dataset)}.json"
         path.write_text(json.dumps(results, indent=1) + "\n")

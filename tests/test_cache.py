@@ -162,6 +162,53 @@ def test_invalidates_on_weight_dtype_and_freeze_changes():
         cache(ids, x.double())
 
 
+def test_issue16_a_new_prefix_tensor_or_a_data_assignment_is_seen_at_the_next_call():
+    torch.manual_seed(0)
+    model = frostline.freeze(seed_cnn(), ["0", "2"]).eval()
+    cache = frostline.FeatureCache(model, upto="2")
+    x, ids = torch.randn(3, 3, 8, 8), torch.arange(3)
+    cache(ids, x)
+    model[0].weight = nn.Parameter(torch.randn_like(model[0].weight), requires_grad=False)  # another tensor
+    with pytest.warns(UserWarning, match=r"0\.weight changed"):
+        out = cache(ids, x)
+    assert torch.allclose(out, model(x)) and cache.invalidations == 1
+    model[2][1].bias.data = torch.randn_like(model[2][1].bias)  # same tensor, new storage, same version
+    with pytest.warns(UserWarning, match=r"2\.1\.bias changed"):
+        out = cache(ids, x)
+    assert torch.allclose(out, model(x)) and cache.invalidations == 2
+
+
+def test_issue16_train_mode_of_plain_prefix_layers_keeps_the_rows_dropout_is_still_refused():
+    torch.manual_seed(0)
+    model = frostline.freeze(nn.Sequential(nn.Sequential(nn.Linear(6, 8), nn.ReLU()), nn.Dropout(0.5),
+                                           nn.Linear(8, 3)), ["0"]).eval()
+    cache = frostline.FeatureCache(model, upto="0")
+    ran = counting(model[0][0])  # (a hook: that Linear's mode counts from now on; it stays in eval)
+    x, ids = torch.randn(4, 6), torch.arange(4)
+    first = cache(ids, x)
+    before = len(ran)
+    model[0].training = model[0][1].training = True  # a Sequential and a ReLU compute the same in either mode
+    assert torch.equal(cache(ids, x), first) and len(ran) == before and cache.invalidations == 0
+    cache = frostline.FeatureCache(model, upto="1")  # now the prefix holds the dropout
+    model.eval()
+    cache(ids, x)
+    model[1].training = True
+    with pytest.raises(CacheError, match="stochastic"):
+        cache(ids, x)
+
+
+def test_issue16_input_hashes_keep_their_formula():
+    """Hashes stored by a disk store stay comparable: salt + sum of (row bits . weights) * 1_000_003 ** later."""
+    from frostline.cache._store import _Hasher
+
+    hasher = _Hasher()
+    torch.manual_seed(0)
+    tokens, feats = torch.randint(0, 30000, (5, 7)), torch.randn(5, 3)
+    w7, w3 = hasher._w(7, torch.device("cpu")), hasher._w(3, torch.device("cpu"))
+    expected = (tokens * w7).sum(1) * 1_000_003 + (feats.view(torch.int32).long() * w3).sum(1) + 12345
+    assert torch.equal(hasher.rows([tokens, feats], 5, 12345), expected)
+
+
 def test_refuses_changed_input_for_a_seen_id():
     model = frostline.freeze(small_cnn(), "features").eval()
     cache = frostline.FeatureCache(model, upto="features")

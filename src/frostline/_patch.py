@@ -13,9 +13,8 @@ frostline did not put there (the user's own forward) is never replaced.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -76,23 +75,30 @@ def _same(held: Any, patch: functools.partial) -> bool:
             and held.keywords == patch.keywords)
 
 
-@contextlib.contextmanager
-def swapped(pairs: Iterable[tuple[nn.Module, Callable[..., Any]]]) -> Iterator[None]:
-    """Within the block, each module's ``forward`` is the given callable; afterwards exactly what was there before
-    (a patch or the class's). The feature cache stands in for its prefix this way, for one call."""
-    pairs = list(pairs)
-    missing = object()
-    before = [(m, m.__dict__.get("forward", missing)) for m, _ in pairs]
-    try:
-        for module, forward in pairs:
+class Swap:
+    """Within a ``with`` block, each module's ``forward`` is the given callable; on exit exactly what was there
+    before (a patch or the class's). The feature cache stands in for its prefix this way, for one call. A plain
+    class, not a generator: a cached step pays for every object made per call."""
+
+    def __init__(self, pairs: list[tuple[nn.Module, Callable[..., Any]]]):
+        self.pairs = pairs
+        self.previous: list[tuple[nn.Module, Any]] | None = None  # while entered: the forwards to restore
+
+    def __enter__(self) -> None:
+        self.previous = [(m, m.__dict__.get("forward", _MISSING)) for m, _ in self.pairs]
+        for module, forward in self.pairs:
             module.__dict__["forward"] = forward
-        yield
-    finally:
-        for module, previous in reversed(before):
-            if previous is missing:
+
+    def __exit__(self, *exc: Any) -> None:
+        previous, self.previous = self.previous or [], None
+        for module, before in reversed(previous):
+            if before is _MISSING:
                 module.__dict__.pop("forward", None)
             else:
-                module.__dict__["forward"] = previous
+                module.__dict__["forward"] = before
+
+
+_MISSING = object()
 
 
 # -- what a user sees -------------------------------------------------------------------------------------------

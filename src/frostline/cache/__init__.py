@@ -40,13 +40,12 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import operator
 import os
 import sys
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Iterable, Sized
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -54,11 +53,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from .. import _patch
 from ..errors import CacheError
 from ._disk import _DiskStore
 from ._store import _Hasher, _index, _MemoryStore
 from ._trace import _close, _lookup, _Out, _Plan, _rng_state, _same, _set_rng_state, _Trace
-from ._watch import _Watch, watches
+from ._watch import _Print, _Watch, watches
 
 if TYPE_CHECKING:
     from ..schedules import Schedule
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 __all__ = ["FeatureCache", "CacheError", "with_ids"]
 
 _MISSING = object()
-_VERSION, _GRAD, _TRAINING = (operator.attrgetter(a) for a in ("_version", "requires_grad", "training"))
+_TRAINING, _TRAINING_ITEM = operator.attrgetter("training"), operator.itemgetter("training")
 
 
 class _Stop(Exception):
@@ -238,7 +238,7 @@ class FeatureCache:
         self._store = _MemoryStore() if path is None else _DiskStore(Path(path))  # path comes with store="disk"
         self._plans: dict[str, _Plan] = {}
         self._modes_ok: set[tuple[bool, ...]] = set()  # training flags of the prefix checked to give the same rows
-        self._print: tuple | None = None  # the prefix's fingerprint when the first plan was made
+        self._print: _Print | None = None  # the prefix's fingerprint when the first plan was made
         self._watches: list[_Watch] = []  # and the hashes of its values
         self._stale: dict[int, Tensor] = {}  # content-check flags not read yet, by watch (accelerators)
         self._unread_stale = 0
@@ -313,25 +313,18 @@ class FeatureCache:
                 f"{human_bytes(self.bytes_per_sample)}/sample, {human_bytes(self.nbytes)})")
 
     # -- checks -----------------------------------------------------------------------------------------------------
-    def _fingerprint(self, plan: _Plan, device_type: str) -> tuple:
+    def _fingerprint(self, plan: _Plan, device_type: str) -> _Print:
         # host-side metadata only: a new tensor, an in-place write (version), new storage (.data =, .to(dtype)),
         # or a freeze-state change each alter it
-        # every call: loops in C (map, zip) over the ~100 tensors of a transformer's prefix, not in Python
-        now = [self._none if t is None else t for t in map(dict.get, plan.dicts, plan.locals)]
-        tensors = list(zip(map(id, now), map(_VERSION, now), map(Tensor.data_ptr, now), map(_GRAD, now), strict=False))
-        return tensors, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+        return _Print([n for n, *_ in plan.tensors], plan.dicts, plan.locals, device_type, self._none)
 
     def _revalidate(self, device_type: str) -> None:
         """Drop everything stored when a tensor the prefix computes with changed (its metadata, or values the
         content check compares at this call), or the autocast state did."""
-        if not self._plans or self._print is None:  # both are set together, with the first plan
+        if not self._plans or self._print is None:
             return
-        plan = next(iter(self._plans.values()))
-        now = self._fingerprint(plan, device_type)
-        if now != self._print:
-            changed = [name for (name, *_), a, b in zip(plan.tensors, now[0], self._print[0], strict=False) if a != b]
-            return self._drop(f"{changed[0]} changed (values, dtype, device or freeze state)" if changed else
-                              "autocast changed")
+        if not self._print.same(device_type):
+            return self._drop(self._print.changed(device_type))
         for k, watch in enumerate(self._watches):
             flag = watch.changed()
             if isinstance(flag, Tensor):  # an accelerator's: read every check_every calls, no sync per call
@@ -365,7 +358,12 @@ class FeatureCache:
         self.clear()
 
     def _modes(self, plan: _Plan) -> tuple[bool, ...]:
-        return tuple(map(_TRAINING, plan.module_list))
+        """The training flags of the prefix's modules whose flag can matter (see ``_Plan.mode_modules``)."""
+        try:
+            flags = tuple(map(_TRAINING_ITEM, plan.mode_dicts))  # a dict lookup each, not a Module attribute
+            return flags + tuple(map(_TRAINING, plan.mode_others)) if plan.mode_others else flags
+        except KeyError:  # a flag kept elsewhere than the instance dict
+            return tuple(map(_TRAINING, plan.mode_modules))
 
     def _check_prefix(self, plan: _Plan) -> None:
         from .._state import partial_tensors
@@ -402,6 +400,12 @@ class FeatureCache:
                           "epoch. Put the prefix in eval mode (.eval() on it after model.train()) to cache it")
 
     def _check_inputs(self, ids: list[int], slots: list[int], hashes: Tensor) -> None:
+        values = self._store.hash_values
+        if values is not None and hashes.device.type == "cpu":  # as ints: no index tensor, no torch op
+            if hashes.tolist() != list(map(values.__getitem__, slots)):
+                raise CacheError(_changed([i for i, a, s in zip(ids, hashes.tolist(), slots, strict=True)
+                                           if a != values[s]]))
+            return
         stored = self._store.stored_hashes(slots, hashes.device)
         if hashes.device.type == "cpu":
             if not torch.equal(stored, hashes):
@@ -561,7 +565,7 @@ class FeatureCache:
                        .values())
         for p in below:
             modules.update((id(m), (n, m)) for n, m in p.modules)
-        plan = _Plan(list(roots.values()), upto_out, tensors, list(modules.values()))
+        plan = _Plan(list(roots.values()), upto_out, tensors, list(modules.values()), hooked=trace.hooked)
         self._check_prefix(plan)
         if isinstance(self._store, _DiskStore):
             dropped = self._store.adopt(self._disk_key(plan))
@@ -626,39 +630,50 @@ class FeatureCache:
         with self._patched(plan, slots, batch, device):
             return self.model(*args, **kwargs)
 
-    @contextlib.contextmanager
-    def _patched(self, plan: _Plan, slots: list[int], batch: int, device: torch.device) -> Iterator[None]:
-        """Within: ``upto`` returns these stored rows and the prefix modules before it placeholders (a deeper
-        cache of a schedule's prefix runs the model in here to advance rows through the newly frozen blocks)."""
+    def _patched(self, plan: _Plan, slots: list[int], batch: int, device: torch.device) -> _Patched:
+        """Within (``with``): ``upto`` returns these stored rows and the prefix modules before it placeholders (a
+        deeper cache of a schedule's prefix runs the model in here to advance rows through the newly frozen
+        blocks)."""
         value = plan.upto_out.build(batch, self._store.read(slots, device))
-        done = [False]
-        calls: dict[int, int] = {}  # calls of each placeholder module so far
+        patched = plan.patched
+        if patched is None or patched.previous is not None:  # the first, or the one made is in use
+            patched = plan.patched = _Patched(plan, self._upto)
+        patched.value, patched.batch, patched.done = value, batch, False
+        patched.calls.clear()
+        return patched
 
-        def placeholder(module: nn.Module, outs: list[_Out], own: Any):
-            def forward(*a: Any, **k: Any) -> Any:
-                if done[0]:  # a prefix module the suffix calls again
-                    return own(*a, **k)
-                n = calls[id(module)] = calls.get(id(module), -1) + 1
-                return outs[min(n, len(outs) - 1)].build(batch)
 
-            return forward
+class _Patched(_patch.Swap):
+    """Instance ``forward``s set on ``upto`` (returning ``value``) and on the prefix's root modules (placeholders
+    built from what they returned when traced), removed on exit (:class:`frostline._patch.Swap`)."""
 
-        def stored(*a: Any, **k: Any) -> Any:
-            done[0] = True
-            return value
+    def __init__(self, plan: _Plan, upto: nn.Module):
+        self.value: Any = None
+        self.batch, self.done = 0, False
+        self.calls: dict[int, int] = {}  # calls of each placeholder module so far
+        super().__init__([(m, self._placeholder(m, outs)) for m, outs in plan.roots] + [(upto, self._stored)])
 
-        patches = [(m, placeholder(m, outs, m.forward)) for m, outs in plan.roots] + [(self._upto, stored)]
-        previous = [(m, m.__dict__.get("forward", _MISSING)) for m, _ in patches]
-        try:
-            for module, forward in patches:
-                module.__dict__["forward"] = forward
-            yield
-        finally:
-            for module, before in reversed(previous):
-                if before is _MISSING:
-                    module.__dict__.pop("forward", None)
-                else:
-                    module.__dict__["forward"] = before
+    def _placeholder(self, module: nn.Module, outs: list[_Out]) -> Any:
+        def forward(*a: Any, **k: Any) -> Any:
+            if self.done:  # a prefix module the suffix calls again: its own forward (as it was on entry)
+                return self.own[id(module)](*a, **k)
+            n = self.calls[id(module)] = self.calls.get(id(module), -1) + 1
+            return outs[min(n, len(outs) - 1)].build(self.batch)
+
+        return forward
+
+    def _stored(self, *a: Any, **k: Any) -> Any:
+        self.done = True
+        return self.value
+
+    def __enter__(self) -> None:
+        if len(self.pairs) > 1:
+            self.own = {id(m): m.forward for m, _ in self.pairs}
+        super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.value = None  # rows not kept alive past the call
+        super().__exit__(*exc)
 
 
 class _nothing:

@@ -41,6 +41,7 @@ class _DiskStore:
     """Rows in memory-mapped files under ``path`` (see the module docstring)."""
 
     lock_timeout = 60.0  # seconds a process waits for another one's lock before it refuses
+    hash_values = None  # input hashes are read through stored_hashes, which checks their CRC-32
 
     def __init__(self, path: Path):
         try:

@@ -13,6 +13,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
+from .. import _patch
+
 
 @dataclass
 class _Out:
@@ -75,6 +77,8 @@ class _Trace(TorchFunctionMode):
                     if t is not None:
                         self.owner.setdefault(id(t), (f"{module_name}.{local}".lstrip("."), module, local, is_param))
         self.read: dict[str, tuple[str, nn.Module, str, bool]] = {}
+        # modules with hooks or a forward of their own before this trace adds its hooks (see _Plan)
+        self.hooked = frozenset(id(m) for m in model.modules() if _hooked(m))
         self.open: list[_Call] = []
         self.done: list[_Call] = []
         self.roots: list[_Call] | None = None
@@ -116,6 +120,8 @@ class _Plan:
     tensors: list[tuple[str, nn.Module, str, bool]]  # what the prefix owns or reads: name, owner, local, param?
     modules: list[tuple[str, nn.Module]]  # the prefix's modules
     verified: bool = False  # a cached forward matched the uncached one
+    patched: Any = None  # the cache's _Patched for this plan, made once
+    hooked: frozenset = frozenset()  # ids of the modules the user hooked, when traced
 
     def __post_init__(self) -> None:
         # typed by value Any: Parameter dicts and buffer dicts side by side (torch types them apart)
@@ -123,6 +129,29 @@ class _Plan:
                                                          for _, o, local, p in self.tensors]
         self.dicts, self.locals = [d for d, _ in self.tables], [local for _, local in self.tables]
         self.module_list = [m for _, m in self.modules]
+        # the modules whose training flag can change what the prefix computes: all but plain instances of torch
+        # layers whose forward never reads it (no hook, no forward of their own when traced); read from __dict__
+        matter = [m for m in self.module_list if type(m) not in _MODE_FREE or id(m) in self.hooked]
+        plain = [m for m in matter if not hasattr(type(m), "training")]  # no class-level property to honour
+        self.mode_modules = plain + [m for m in matter if hasattr(type(m), "training")]
+        self.mode_dicts = [m.__dict__ for m in plain]
+        self.mode_others = self.mode_modules[len(plain):]
+
+
+# torch.nn layers whose forward ignores self.training (not Dropout, BatchNorm, RReLU, MultiheadAttention ...)
+_MODE_FREE = frozenset(getattr(nn, name) for name in (
+    "Linear", "Bilinear", "Embedding", "EmbeddingBag", "LayerNorm", "GroupNorm", "RMSNorm", "Conv1d", "Conv2d",
+    "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "ReLU", "ReLU6", "GELU", "SiLU", "Mish",
+    "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "LeakyReLU", "ELU", "Identity", "Flatten", "Unflatten",
+    "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "Sequential", "ModuleList", "ModuleDict") if hasattr(nn, name))
+
+
+def _hooked(m: nn.Module) -> bool:
+    """A hook or a user's instance ``forward`` may read the training flag where the layer itself does not
+    (frostline's own forwards, lean or partial, compute what the class's does)."""
+    return _patch.owner(m, "forward") == "user" or any((m._forward_hooks, m._forward_pre_hooks, m._backward_hooks,
+                                            m._backward_pre_hooks))
 
 
 def _lookup(owner: nn.Module, local: str, is_param: bool) -> Tensor | None:

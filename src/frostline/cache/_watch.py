@@ -1,4 +1,10 @@
-"""The content check of a :class:`~frostline.FeatureCache`'s prefix.
+"""How a :class:`~frostline.FeatureCache` sees its prefix change: the metadata fingerprint (:class:`_Print`) and
+the content check (:class:`_Watch`), both run at every call.
+
+The fingerprint holds each prefix tensor, its version counter, data pointer and ``requires_grad``, and the
+autocast state: a new tensor, an in-place op, ``.data =``, ``.to()`` or a freeze-state change alters it. A call
+reads them in loops that run in C (``map`` over the ~100 tensors of a transformer's prefix) and compares lists,
+with no per-tensor Python frame or tuple; which tensor changed is worked out only once something did.
 
 A write that bypasses version counters (``p.data.mul_(2)``, ``p.detach().numpy()[...] *= 2``,
 ``p.data.copy_(ema)``) leaves every piece of metadata as it was, so calls also compare some of the prefix's values,
@@ -13,7 +19,9 @@ on their device, with the values the stored rows were computed from:
 
 Reading every value at every call would cost far more than a cached step (a hash of all 22.7M values of
 all-MiniLM-L6-v2 takes about 200 ms on one CPU thread, a cached linear-probe step about 1 ms); even reading a few
-values of each of its 105 tensors costs a tenth of such a step, mostly in cache misses, hence the turns.
+values of each of its 105 tensors costs a tenth of such a step, mostly in cache misses, hence the turns. On the
+CPU a turn's values are compared as bytes, through numpy views made once (no torch op per call); the views are
+read only after the fingerprint found every data pointer unchanged, so they never outlive their memory.
 
 The hash of a slot is the sum of its values' bits, read as integers of at most 32 bits, times fixed odd 64-bit
 weights, modulo 2**64: a change to one value always changes it (an odd weight times a nonzero difference below
@@ -22,6 +30,9 @@ changes not crafted against the weights).
 """
 
 from __future__ import annotations
+
+import operator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,6 +43,62 @@ _BLOCK = 16  # values of a tensor compared at its turn
 _GROUP = 16  # tensors per turn
 _CHUNK = 65536  # values per slot of the rolling pass
 _EVERY = 32  # calls per slot of the rolling pass
+_VERSION, _GRAD = operator.attrgetter("_version"), operator.attrgetter("requires_grad")
+_DATA_PTR = Tensor.data_ptr
+# one C loop over a list of tensors (private, hence the fallback): a third cheaper than map(requires_grad)
+_any_grad = getattr(torch._C, "_any_requires_grad", None) or (lambda ts: any(map(_GRAD, ts)))
+
+
+def _autocast(device_type: str) -> tuple:
+    return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
+class _Print:
+    """The metadata of the prefix's tensors (``(name, owner dict, key)`` each) and the autocast state when the
+    stored rows were computed; :meth:`same` compares them with now."""
+
+    def __init__(self, names: list[str], dicts: list[dict], keys: list[str], device_type: str, none: Tensor):
+        self.names, self.dicts, self.keys, self._none = names, dicts, keys, none
+        self.tensors = self._now()
+        self.versions = list(map(_VERSION, self.tensors))
+        self.ptrs = list(map(_DATA_PTR, self.tensors))
+        self.grads = list(map(_GRAD, self.tensors))
+        self.frozen = not any(self.grads)  # as a plan requires: then "any requires grad now" is "one changed"
+        self.autocast = _autocast(device_type)
+
+    def _now(self) -> list[Tensor]:
+        return [self._none if t is None else t for t in map(dict.get, self.dicts, self.keys)]
+
+    def same(self, device_type: str) -> bool:
+        now: list[Any] = list(map(dict.get, self.dicts, self.keys))
+        if not all(map(operator.is_, now, self.tensors)):
+            now = self._now()  # a tensor set to None when this was made, or a new one
+            if not all(map(operator.is_, now, self.tensors)):
+                return False
+        return (list(map(_VERSION, now)) == self.versions and list(map(_DATA_PTR, now)) == self.ptrs
+                and not (_any_grad(now) if self.frozen else list(map(_GRAD, now)) != self.grads)
+                and _autocast(device_type) == self.autocast)
+
+    def changed(self, device_type: str) -> str:
+        """What differs (after :meth:`same` said something does)."""
+        for name, t, was, version, ptr, grad in zip(self.names, self._now(), self.tensors, self.versions, self.ptrs,
+                                                    self.grads, strict=True):
+            if t is not was or (t._version, t.data_ptr(), t.requires_grad) != (version, ptr, grad):
+                return f"{name} changed (values, dtype, device or freeze state)"
+        return "autocast changed"
+
+
+def _host_bytes(views: list[Tensor]) -> tuple[list[Any], list[Any]] | None:
+    """Buffers over CPU tensors' memory: memoryviews of contiguous ones, numpy views of the others (read with
+    ``tobytes``); None without numpy or for a tensor numpy cannot view."""
+    try:
+        import numpy  # noqa: F401  (an optional dependency)
+
+        arrays = [v.numpy() for v in views]
+    except Exception:  # noqa: BLE001  (no numpy, or a tensor it cannot view: the torch comparison runs)
+        return None
+    return ([memoryview(a) for a in arrays if a.flags.c_contiguous],  # type: ignore[arg-type]
+            [a for a in arrays if not a.flags.c_contiguous])
 
 
 def _int_view(t: Tensor) -> Tensor:
@@ -72,6 +139,13 @@ class _Watch:
         self._views = [[p.piece(a, b) for p, a, b in turn if p.flat is not None] for turn in self.turns]
         self._copies = [[(p, a, b) for p, a, b in turn if p.flat is None] for turn in self.turns]
         self._snaps = [self._block(t).clone() for t in range(turns)]
+        self._host = None  # per turn, buffers over the compared values and their bytes now (CPU only)
+        if self.device.type == "cpu":
+            host = [_host_bytes([p.ints[a:b] if p.flat is None else p.piece(a, b) for p, a, b in turn])
+                    for turn in self.turns]
+            found = [h for h in host if h is not None]
+            if len(found) == len(host):
+                self._host = [(*h, _joined(*h)) for h in found]
         self.slots: list[list[tuple[_Part, int, int]]] = [[]]  # small tensors share a slot
         for part in self.parts:
             for a, b in part.ranges(_CHUNK):
@@ -111,7 +185,12 @@ class _Watch:
         turn = calls % len(self.turns)
         slot = calls // self._every % len(self.slots) if calls % self._every == 0 else None
         if self.device.type == "cpu":
-            return not torch.equal(self._block(turn), self._snaps[turn]) or (
+            if self._host is not None:
+                flat, strided, before = self._host[turn]
+                differ = _joined(flat, strided) != before
+            else:
+                differ = not torch.equal(self._block(turn), self._snaps[turn])
+            return differ or (
                 slot is not None and bool(self._hash(slot) != self._expected[slot]))
         flag = (self._block(turn) != self._snaps[turn]).any()
         return flag if slot is None else flag | (self._hash(slot) != self._expected[slot])
@@ -128,6 +207,10 @@ class _Watch:
                            if now != then]
                 return (changed or [slot[0][0].name])[0], False
         return None
+
+
+def _joined(flat: list[Any], strided: list[Any]) -> bytes:
+    return b"".join([*flat, *(a.tobytes() for a in strided)]) if strided else b"".join(flat)
 
 
 def watches(named: list[tuple[str, Tensor]]) -> list[_Watch]:

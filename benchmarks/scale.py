@@ -12,7 +12,8 @@ more cache misses). One child process per checkout builds every size and interle
 in turn, so that the growth factors (time at 4x the layers over time before) see the same machine load. The
 figure is the median over repeats: ``--repeats`` of them, more (up to 50) while a size has taken under 2 s, none
 past ``--budget`` seconds at one size (the old quadratic code needs a minute per repeat at 1024 layers); the
-JSON keeps every time.
+JSON keeps every time. The same calls then run once more under ``sys.setprofile``, counting Python and builtin
+function calls (up to 256 layers): a growth measure that the machine's load cannot disturb.
 
 Part 2, schedule switch: a real 32-layer Llama-style model on the CPU (hidden 192, MLP 512, 6 heads, vocabulary
 4096, float32), ``frostline.optimizer(model, AdamW, lr=1e-4)``, ``LayerwiseSampling(n_active=8, every=1)`` so
@@ -52,6 +53,7 @@ HERE_SRC = Path(__file__).resolve().parents[1] / "src"
 CALLS = ("freeze", "unfreeze", "select", "summary", "is_frozen", "walk")  # walk: the control, torch alone
 SCHEDULE_MODEL = {"num_hidden_layers": 32, "hidden_size": 192, "intermediate_size": 512, "num_attention_heads": 6,
                   "num_key_value_heads": 6, "vocab_size": 4096}
+COUNT_UPTO = 256  # operations are counted up to this many layers
 QUICK_MODEL = {**SCHEDULE_MODEL, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
                "num_key_value_heads": 2, "vocab_size": 512}
 
@@ -102,9 +104,31 @@ def calls_child(sizes: list[int], repeats: int, budget: float) -> list[dict]:
                 times[layers][name].append(elapsed)
                 spent[layers] += elapsed
             done[layers] += 1
+    # the same calls once more, counting operations instead of timing them (deterministic; slow under the profiler,
+    # so not at the largest size)
+    operations = {layers: ({name: _operations(call) for name, call in runs[layers].items()}
+                           if layers <= COUNT_UPTO else None) for layers in sizes}
     return [{"layers": layers, "tensors": sum(1 for _ in model.parameters()),
-             "modules": sum(1 for _ in model.modules()), "seconds": times[layers], "frostline": frostline.__file__}
+             "modules": sum(1 for _ in model.modules()), "seconds": times[layers], "operations": operations[layers],
+             "frostline": frostline.__file__}
             for layers, model in models.items()]
+
+
+def _operations(call) -> int:
+    """Python and builtin function calls ``call()`` makes (as tests/cost.py counts them)."""
+    count = 0
+
+    def tally(frame, event, arg) -> None:
+        nonlocal count
+        if event in ("call", "c_call"):
+            count += 1
+
+    sys.setprofile(tally)
+    try:
+        call()
+    finally:
+        sys.setprofile(None)
+    return count
 
 
 def schedule_child(steps: int, threads: int, quick: bool) -> dict:
@@ -184,7 +208,16 @@ def call_tables(results: dict[str, list[dict]], trees: list[str]) -> tuple[str, 
             ratio = after["layers"] / before["layers"]
             growth.append([tree, f"{before['layers']} -> {after['layers']}" + ("" if ratio == 4 else f" (x{ratio:g})"),
                            *(f"x{median(after['seconds'][c]) / median(before['seconds'][c]):.1f}" for c in CALLS)])
-    return table, render(["checkout", "growth per 4x layers", *CALLS], growth)
+    counted = []
+    for tree in trees:
+        runs = [r for r in results[tree] if r.get("operations")]
+        for before, after in zip(runs, runs[1:], strict=False):
+            counted.append([tree, f"{before['layers']} -> {after['layers']}",
+                            *(f"x{after['operations'][c] / before['operations'][c]:.1f}" for c in CALLS)])
+    growth_table = render(["checkout", "growth per 4x layers", *CALLS], growth)
+    if counted:
+        growth_table += "\n\n" + render(["checkout", "operations per 4x layers", *CALLS], counted)
+    return table, growth_table
 
 
 def schedule_table(results: dict[str, dict], trees: list[str]) -> str:

@@ -115,20 +115,11 @@ def calls_child(sizes: list[int], repeats: int, budget: float) -> list[dict]:
 
 
 def _operations(call) -> int:
-    """Python and builtin function calls ``call()`` makes (as tests/cost.py counts them)."""
-    count = 0
+    """Python and builtin function calls ``call()`` makes, counted as the tests count them (tests/cost.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from cost import operations
 
-    def tally(frame, event, arg) -> None:
-        nonlocal count
-        if event in ("call", "c_call"):
-            count += 1
-
-    sys.setprofile(tally)
-    try:
-        call()
-    finally:
-        sys.setprofile(None)
-    return count
+    return operations(call)
 
 
 def schedule_child(steps: int, threads: int, quick: bool) -> dict:

@@ -179,6 +179,13 @@ class _HeldOut:
         return self.cache.nbytes if self.cache is not None else 0
 
 
+def _cache_state(cache) -> tuple | None:
+    """Rows stored and batches advanced; None while nothing is cached (no cache, or no prefix frozen yet)."""
+    if cache is None or cache.upto is None:
+        return None
+    return len(cache), getattr(cache, "advanced", 0)
+
+
 def run(method: Method, seed: int, setting: Setting, pristine, train, test, num_classes: int) -> dict:
     ids, mask, labels = train
     torch.manual_seed(seed)
@@ -194,12 +201,13 @@ def run(method: Method, seed: int, setting: Setting, pristine, train, test, num_
     clock = cpu = eval_seconds = 0.0
     caches_built = int(cache is not None)
     curve = []
-    step = 0
+    step = served = 0
     with PeakRSS() as memory:
         for epoch in range(setting.epochs):
             order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed * 100 + epoch))
             torch.manual_seed(seed * 1000 + epoch)  # the same dropout draws for every method
             for batch in order.split(setting.batch_size):
+                before = _cache_state(cache)
                 start, start_cpu = time.perf_counter(), time.process_time()
                 if schedule is not None and (schedule.unit == "step" or step % per_epoch == 0):
                     schedule.step(model, optimizer, epoch=epoch, step=step)
@@ -213,6 +221,7 @@ def run(method: Method, seed: int, setting: Setting, pristine, train, test, num_
                 optimizer.step()
                 clock += time.perf_counter() - start
                 cpu += time.process_time() - start_cpu
+                served += before is not None and before == _cache_state(cache)  # no row added, none advanced
                 step += 1
                 if step % setting.eval_every == 0 or step == total:
                     memory.paused = True
@@ -228,6 +237,8 @@ def run(method: Method, seed: int, setting: Setting, pristine, train, test, num_
             "cpu_seconds": cpu, "eval_seconds": eval_seconds, "peak_rss_rise": memory.peak,
             "optimizer_state_bytes": optimizer_state_bytes(optimizer),
             "cache_bytes": cache.nbytes if cache is not None else 0, "caches_built": caches_built,
+            "advanced_batches": getattr(cache, "advanced", 0),  # rows moved to a deeper prefix, not recomputed
+            "served_steps": served,  # steps whose whole batch came from stored rows (the prefix skipped)
             "frozen_at_end": sum(n for n, trains in sizes if not trains) / sum(n for n, _ in sizes),
             "schedule_changes": len(schedule.history) if schedule is not None else 0, "curve": curve}
 
@@ -265,6 +276,8 @@ def summarize(runs: list[dict]) -> dict:
             "optimizer_state_bytes": max(r["optimizer_state_bytes"] for r in mine),
             "cache_bytes_max": max(r["cache_bytes"] for r in mine),
             "caches_built_mean": statistics.mean(r["caches_built"] for r in mine),
+            "served_steps_mean": statistics.mean(r.get("served_steps", 0) for r in mine),
+            "advanced_batches_mean": statistics.mean(r.get("advanced_batches", 0) for r in mine),
             "frozen_at_end": statistics.mean(r["frozen_at_end"] for r in mine),
             "speedup_vs_full_total": full_seconds / reached["seconds"] if reached else None,
             "cpu_speedup_vs_full_total": full_cpu / reached["cpu_seconds"] if reached else None,

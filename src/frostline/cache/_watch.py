@@ -124,6 +124,12 @@ class _Part:
         step = max(1, values // self.per_unit)
         return [(a, min(a + step, self.units)) for a in range(0, self.units, step)]
 
+    def middle(self, values: int) -> tuple[int, int]:
+        """The middle one of :meth:`ranges` (without listing them all: an embedding has ~10^6 blocks of 16)."""
+        step = max(1, values // self.per_unit)
+        a = (-(-self.units // step) // 2) * step
+        return a, min(a + step, self.units)
+
 
 class _Watch:
     """Copies and hashes of the prefix tensors' values when the stored rows were computed, and the check of one
@@ -132,7 +138,7 @@ class _Watch:
     def __init__(self, named: list[tuple[str, Tensor]]):
         self.parts = [_Part(n, t) for n, t in named if t.numel()]
         self.device = self.parts[0].ints.device
-        mids = [(part, *part.ranges(_BLOCK)[len(part.ranges(_BLOCK)) // 2]) for part in self.parts]
+        mids = [(part, *part.middle(_BLOCK)) for part in self.parts]
         self._mids = [(part, a, b, part.piece(a, b).clone()) for part, a, b in mids]
         turns = -(-len(mids) // _GROUP)
         self.turns = [mids[t::turns] for t in range(turns)]  # each turn: views made once, others sliced each time

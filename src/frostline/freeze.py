@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _patch
-from ._state import FreezeState, kept_in_eval, named_logical_parameters, partial_tensors
+from ._state import FreezeState, kept_in_eval, named_logical_parameters, partial_tensors, partials_by_name
 from .errors import FreezeError
 from .selection import Spec, select
 
@@ -196,8 +196,7 @@ def frozen_names(model: nn.Module) -> list[str]:
         >>> model = frostline.freeze(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), "0")
         >>> frostline.frozen_names(model)
         ['0.weight', '0.bias']"""
-    partial = {f"{m}.{local}" if m else local for m, module in model.named_modules(remove_duplicate=False)
-               for local in partial_tensors(module)}
+    partial = partials_by_name(model)
     return [n for n, t in named_logical_parameters(model) if not t.requires_grad and n not in partial]
 
 

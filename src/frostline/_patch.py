@@ -14,7 +14,7 @@ frostline did not put there (the user's own forward) is never replaced.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch import nn
@@ -127,9 +127,9 @@ def _extra_repr(module: nn.Module) -> str:
     return f"{base}, {label}" if base and label else base or label
 
 
-def mark(model: nn.Module) -> None:
-    """Show in ``repr(model)`` what frostline changed (an ``extra_repr`` on each module it touched)."""
-    for module in model.modules():
+def mark(modules: Iterable[nn.Module]) -> None:
+    """Show in ``repr(model)`` what frostline changed (an ``extra_repr`` on each of ``modules`` it touched)."""
+    for module in modules:
         if describe(module):
             install(module, "extra_repr", "repr", _extra_repr)
         else:

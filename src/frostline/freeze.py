@@ -243,4 +243,4 @@ def _refresh(model: nn.Module, selected: set[str], lean: bool | None) -> None:
         elif kept_in_eval(module) and not state.frozen[name]:
             _patch.release_eval(module)
     lean_module.refresh(model, lean, state)
-    _patch.mark(model)
+    _patch.mark(state.modules.values())  # the walk FreezeState already made

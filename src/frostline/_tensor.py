@@ -90,12 +90,16 @@ def digest(t: Tensor, key: bytes, size: int = 32) -> bytes:
 
 
 # -- fingerprints: two weighted sums of the bits, mod 2**64 -------------------------------------------------------
-def _signed(x: int) -> int:
+_MASK = (1 << 64) - 1
+
+
+def wrap_int64(x: int) -> int:
+    """``x`` as int64 arithmetic holds it: modulo 2**64, signed."""
+    x &= _MASK
     return x - (1 << 64) if x >= 1 << 63 else x
 
 
-_MASK = (1 << 64) - 1
-_GOLDEN, _MIX1, _MIX2 = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+_GOLDEN, _MIX1, _MIX2 = (wrap_int64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
 
 
 class FingerprintWeights:
@@ -137,12 +141,12 @@ def _mix(x: int, seed: int) -> int:
     z = (x + seed * 0x9E3779B97F4A7C15) & _MASK
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
-    return _signed((z ^ (z >> 31)) | 1)
+    return wrap_int64((z ^ (z >> 31)) | 1)
 
 
 def _splitmix(index: Tensor, seed: int) -> Tensor:
     # int64 arithmetic wraps around, which is what the mod-2**64 mix needs; >> is arithmetic, so mask it logical
-    z = index * _GOLDEN + _signed((seed * 0x9E3779B97F4A7C15) & _MASK)
+    z = index * _GOLDEN + wrap_int64(seed * 0x9E3779B97F4A7C15)
     z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * _MIX1
     z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * _MIX2
     return (z ^ ((z >> 31) & ((1 << 33) - 1))) | 1

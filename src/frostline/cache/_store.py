@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._tensor import int_view
+from .._tensor import int_view, wrap_int64
 from ..errors import CacheError
 
 
@@ -61,7 +61,7 @@ class _Hasher:
         key = (widths, salt)
         if key not in self._cpu:
             cpu = torch.device("cpu")
-            powers = [_wrap(1_000_003 ** (len(widths) - 1 - k)) for k in range(len(widths))]
+            powers = [wrap_int64(1_000_003 ** (len(widths) - 1 - k)) for k in range(len(widths))]
             self._cpu[key] = (torch.tensor(salt, dtype=torch.int64),
                               [self._w(n, cpu) * p for n, p in zip(widths, powers, strict=True)])
         return self._cpu[key]
@@ -72,12 +72,6 @@ class _Hasher:
         x = torch.cat([x, x.new_zeros(-x.numel() % chunk)]).reshape(-1, chunk)
         sums = (x * self._w(chunk, x.device)).sum(1)
         return (sums * self._w(len(sums), x.device)).sum() + t.numel()
-
-
-def _wrap(n: int) -> int:
-    """``n`` as int64 arithmetic holds it: modulo 2**64, signed."""
-    n %= 2**64
-    return n - 2**64 if n >= 2**63 else n
 
 
 def _index(positions: list[int], device: torch.device) -> Tensor:

@@ -125,13 +125,11 @@ class _Plan:
 
     def __post_init__(self) -> None:
         # typed by value Any: Parameter dicts and buffer dicts side by side (torch types them apart)
-        self.tables: list[tuple[dict[str, Any], str]] = [(o._parameters if p else o._buffers, local)
-                                                         for _, o, local, p in self.tensors]
-        self.dicts, self.locals = [d for d, _ in self.tables], [local for _, local in self.tables]
-        self.module_list = [m for _, m in self.modules]
+        self.dicts: list[dict[str, Any]] = [o._parameters if p else o._buffers for _, o, _, p in self.tensors]
+        self.locals = [local for _, _, local, _ in self.tensors]
         # the modules whose training flag can change what the prefix computes: all but plain instances of torch
         # layers whose forward never reads it (no hook, no forward of their own when traced); read from __dict__
-        matter = [m for m in self.module_list if type(m) not in _MODE_FREE or id(m) in self.hooked]
+        matter = [m for _, m in self.modules if type(m) not in _MODE_FREE or id(m) in self.hooked]
         plain = [m for m in matter if not hasattr(type(m), "training")]  # no class-level property to honour
         self.mode_modules = plain + [m for m in matter if hasattr(type(m), "training")]
         self.mode_dicts = [m.__dict__ for m in plain]

@@ -59,11 +59,9 @@ class _Print:
 
     def __init__(self, names: list[str], dicts: list[dict], keys: list[str], device_type: str, none: Tensor):
         self.names, self.dicts, self.keys, self._none = names, dicts, keys, none
-        self.tensors = self._now()
+        self.tensors = self._now()  # all frozen (a plan is made only then), so one requiring grad now is a change
         self.versions = list(map(_VERSION, self.tensors))
         self.ptrs = list(map(_DATA_PTR, self.tensors))
-        self.grads = list(map(_GRAD, self.tensors))
-        self.frozen = not any(self.grads)  # as a plan requires: then "any requires grad now" is "one changed"
         self.autocast = _autocast(device_type)
 
     def _now(self) -> list[Tensor]:
@@ -76,14 +74,13 @@ class _Print:
             if not all(map(operator.is_, now, self.tensors)):
                 return False
         return (list(map(_VERSION, now)) == self.versions and list(map(_DATA_PTR, now)) == self.ptrs
-                and not (_any_grad(now) if self.frozen else list(map(_GRAD, now)) != self.grads)
-                and _autocast(device_type) == self.autocast)
+                and not _any_grad(now) and _autocast(device_type) == self.autocast)
 
     def changed(self, device_type: str) -> str:
         """What differs (after :meth:`same` said something does)."""
-        for name, t, was, version, ptr, grad in zip(self.names, self._now(), self.tensors, self.versions, self.ptrs,
-                                                    self.grads, strict=True):
-            if t is not was or (t._version, t.data_ptr(), t.requires_grad) != (version, ptr, grad):
+        for name, t, was, version, ptr in zip(self.names, self._now(), self.tensors, self.versions, self.ptrs,
+                                              strict=True):
+            if t is not was or (t._version, t.data_ptr()) != (version, ptr) or t.requires_grad:
                 return f"{name} changed (values, dtype, device or freeze state)"
         return "autocast changed"
 

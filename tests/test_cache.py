@@ -139,12 +139,18 @@ def test_disk_store_survives_a_restart(tmp_path):
     assert len(fresh) == 2
 
 
-def test_invalidates_on_weight_dtype_and_freeze_changes():
+def _stored_cnn(**cache_args):
+    """A seed CNN with blocks 0 and 2 frozen, a FeatureCache up to block 2, a batch (x, ids) and what the cache's
+    first call on it returned: its rows are stored from then on."""
     torch.manual_seed(0)
     model = frostline.freeze(seed_cnn(), ["0", "2"]).eval()
-    cache = frostline.FeatureCache(model, upto="2")
+    cache = frostline.FeatureCache(model, upto="2", **cache_args)
     x, ids = torch.randn(3, 3, 8, 8), torch.arange(3)
-    cache(ids, x)
+    return model, cache, x, ids, cache(ids, x)
+
+
+def test_invalidates_on_weight_dtype_and_freeze_changes():
+    model, cache, x, ids, _ = _stored_cnn()
     with torch.no_grad():
         model[0].weight.mul_(2)
     with pytest.warns(UserWarning, match="0.weight changed"):
@@ -163,11 +169,7 @@ def test_invalidates_on_weight_dtype_and_freeze_changes():
 
 
 def test_issue16_a_new_prefix_tensor_or_a_data_assignment_is_seen_at_the_next_call():
-    torch.manual_seed(0)
-    model = frostline.freeze(seed_cnn(), ["0", "2"]).eval()
-    cache = frostline.FeatureCache(model, upto="2")
-    x, ids = torch.randn(3, 3, 8, 8), torch.arange(3)
-    cache(ids, x)
+    model, cache, x, ids, _ = _stored_cnn()
     model[0].weight = nn.Parameter(torch.randn_like(model[0].weight), requires_grad=False)  # another tensor
     with pytest.warns(UserWarning, match=r"0\.weight changed"):
         out = cache(ids, x)
@@ -207,6 +209,9 @@ def test_issue16_input_hashes_keep_their_formula():
     w7, w3 = hasher._w(7, torch.device("cpu")), hasher._w(3, torch.device("cpu"))
     expected = (tokens * w7).sum(1) * 1_000_003 + (feats.view(torch.int32).long() * w3).sum(1) + 12345
     assert torch.equal(hasher.rows([tokens, feats], 5, 12345), expected)
+    # the weights themselves (their seed), pinned: the values the hashes had before the fast CPU path existed
+    assert hasher.rows([torch.arange(3).view(1, 3)], 1).item() == -4549177130260024295
+    assert hasher.rows([torch.arange(3).view(1, 3), torch.tensor([[1.5]])], 1, 7).item() == 9010752017974563986
 
 
 def test_refuses_changed_input_for_a_seen_id():
@@ -342,11 +347,7 @@ def _bypass(write: str, w: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("write", ["data.mul_", "numpy", "data.copy_"])
 def test_silent_07_a_write_that_bypasses_the_version_counter_drops_the_rows(write):
-    torch.manual_seed(0)
-    model = frostline.freeze(seed_cnn(), ["0", "2"]).eval()
-    cache = frostline.FeatureCache(model, upto="2")
-    x, ids = torch.randn(3, 3, 8, 8), torch.arange(3)
-    before = cache(ids, x)
+    model, cache, x, ids, before = _stored_cnn()
     assert torch.equal(cache(ids, x), before)  # served from the stored rows
     w = model[2][3].weight
     version = w._version
@@ -385,11 +386,7 @@ def test_silent_07_an_ema_teacher_updated_through_data_serves_fresh_rows_every_s
 
 
 def test_silent_07_a_one_value_numpy_write_is_found_within_one_pass():
-    torch.manual_seed(0)
-    model = frostline.freeze(seed_cnn(), ["0", "2"]).eval()
-    cache = frostline.FeatureCache(model, upto="2")
-    x, ids = torch.randn(3, 3, 8, 8), torch.arange(3)
-    first = cache(ids, x)
+    model, cache, x, ids, first = _stored_cnn()
     period = max(w.period for w in cache._watches)
     assert 1 < period < 100
     with warnings.catch_warnings():
@@ -412,11 +409,7 @@ def test_silent_07_a_one_value_numpy_write_is_found_within_one_pass():
 
 
 def test_silent_07_on_an_accelerator_the_check_is_read_every_check_every_calls():
-    torch.manual_seed(0)
-    model = frostline.freeze(seed_cnn(), ["0", "2"]).eval()
-    cache = frostline.FeatureCache(model, upto="2", check_every=3)
-    x, ids = torch.randn(3, 3, 8, 8), torch.arange(3)
-    first = cache(ids, x)
+    model, cache, x, ids, first = _stored_cnn(check_every=3)
     cache._watches[0].device = torch.device("cuda")  # its flags now stay tensors, as an accelerator's do
     model[0].weight.data.mul_(2)
     with warnings.catch_warnings():

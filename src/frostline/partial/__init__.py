@@ -34,14 +34,13 @@ the old storage refuses to step instead of silently not training it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
 
 from torch import Tensor, nn
 
 from .._state import get_partial, partial_tensors
 from ..errors import FreezeError
 from . import _carry, _forward
-from ._base import Strategy
+from ._base import Strategy, strategies
 from ._hooks import attach, detach
 from ._layout import Layout, Rows, request, row_index  # noqa: F401  (row_index: tokens validates rows with it)
 from ._registry import STRATEGIES, auto_pickable, register
@@ -122,7 +121,7 @@ def freeze_partial(model: nn.Module, name: str, *, rows: Rows | None = None, dim
     module, local, param = _target(model, name)
     wanted = request(name, param, rows, dim, mask)
     _check_strategy(strategy)
-    current = _strategy(module, local)
+    current = strategies(module).get(local)
     if current is None and not param.requires_grad:
         return
     before = current.layout() if current is not None else Layout.whole(param.shape, False, param.device)
@@ -135,7 +134,7 @@ def unfreeze_partial(model: nn.Module, name: str, *, rows: Rows | None = None, d
     makes it partial. (Use :func:`frostline.unfreeze`.)"""
     module, local, param = _target(model, name)
     wanted = request(name, param, rows, dim, mask)
-    current = _strategy(module, local)
+    current = strategies(module).get(local)
     if current is None and param.requires_grad:
         return
     before = current.layout() if current is not None else Layout.whole(param.shape, True, param.device)
@@ -164,7 +163,7 @@ def remove_partial(model: nn.Module, name: str) -> None:
 
 
 def _remove(model: nn.Module, module: nn.Module, local: str) -> None:
-    part = cast(Strategy, partial_tensors(module)[local])  # frostline attaches only Strategies
+    part = strategies(module)[local]
     param = part.param
     part.teardown()
     for _, alias, alias_local in _aliases(model, param):
@@ -184,7 +183,7 @@ def refuse_non_parameter(model: nn.Module, spec: object) -> None:
 def _settle(model: nn.Module, name: str, layout: Layout, strategy: str) -> None:
     """Store ``name`` in ``layout``; the gradient so far follows to whatever stores it next (see _carry.py)."""
     module, local, param = _target(model, name)
-    current = _strategy(module, local)
+    current = strategies(module).get(local)
     was = _carry.before(module, local)
     if layout.none_frozen() or layout.all_frozen():
         if current is not None:
@@ -217,11 +216,6 @@ def _check_strategy(strategy: str) -> None:
     if strategy != "auto" and strategy not in STRATEGIES:
         raise FreezeError(f"unknown strategy {strategy!r}; choose one of 'auto', {', '.join(map(repr, STRATEGIES))} "
                           "(a strategy of your own: frostline.partial.register)")
-
-
-def _strategy(module: nn.Module, local: str) -> Strategy | None:
-    """The strategy storing ``module.<local>`` (frostline attaches only Strategies), or None."""
-    return cast("Strategy | None", partial_tensors(module).get(local))
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:

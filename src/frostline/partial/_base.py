@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
+from .._state import partial_tensors
 from .._tensor import is_dtensor, put
 from . import _carry
 from ._layout import Layout
@@ -291,3 +292,8 @@ def _install_hooks() -> None:
     if not _HOOKS:
         _HOOKS.append(register_optimizer_step_pre_hook(_before_optimizer_step))
         _HOOKS.append(register_optimizer_step_post_hook(_after_optimizer_step))
+
+
+def strategies(module: nn.Module) -> dict[str, Strategy]:
+    """``partial_tensors(module)`` as what frostline attaches there: Strategies, by local name."""
+    return cast("dict[str, Strategy]", partial_tensors(module))

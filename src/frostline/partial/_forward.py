@@ -9,24 +9,16 @@ Every module that uses a tied delta tensor runs it too, so each use feeds the on
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from torch import Tensor, nn
 
 from .. import _patch
-from .._state import partial_tensors
-
-if TYPE_CHECKING:
-    from ._base import Strategy
-
-
-def _parts(module: nn.Module) -> dict[str, Strategy]:
-    """``partial_tensors(module)`` as what frostline attaches there: Strategies."""
-    return cast("dict[str, Strategy]", partial_tensors(module))
+from ._base import strategies
 
 
 def run(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    parts = _parts(module)
+    parts = strategies(module)
     for part in parts.values():
         if part.module is module and getattr(part, "owns_forward", False):
             return part.forward(module, *args, **kwargs)
@@ -39,7 +31,7 @@ def run(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
 def swapped(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """The class forward, with every delta tensor of ``module`` (its own or tied) swapped for its
     gradient-routing tensor."""
-    swaps = {local: part.forward_tensor() for local, part in _parts(module).items() if part.needs_forward}
+    swaps = {local: part.forward_tensor() for local, part in strategies(module).items() if part.needs_forward}
     saved = {local: module._parameters[local] for local in swaps}
     params = cast(dict[str, Any], module._parameters)  # for this call, plain tensors stand in for Parameters
     params.update(swaps)
@@ -51,7 +43,7 @@ def swapped(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
 
 def tensor(module: nn.Module, local: str) -> Tensor | None:
     """What a forward must use for ``module.<local>``: a delta tensor's gradient-routing view, else the tensor."""
-    part = _parts(module).get(local)
+    part = strategies(module).get(local)
     if part is not None and part.needs_forward:
         return part.forward_tensor()
     return getattr(module, local)
@@ -65,7 +57,7 @@ def foreign_forward(module: nn.Module) -> bool:
 def refresh(module: nn.Module) -> None:
     """Hold ``forward`` with ``run`` while a strategy of the module needs it (it displaces a lean or recomputing
     forward); let it go when none does."""
-    if any(part.needs_forward for part in _parts(module).values()):
+    if any(part.needs_forward for part in strategies(module).values()):
         _patch.install(module, "forward", "partial", run)
     else:
         _patch.remove(module, "forward", "partial")

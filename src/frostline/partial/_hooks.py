@@ -11,34 +11,29 @@ pickling carry them, registered once per module and removed with its last partia
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._state import PARTIAL_ATTR, partial_tensors
-from ._base import Strategy
-
-
-def _parts(module: nn.Module) -> dict[str, Strategy]:
-    """``partial_tensors(module)`` as what frostline attaches there: Strategies."""
-    return cast("dict[str, Strategy]", partial_tensors(module))
+from .._state import PARTIAL_ATTR
+from ._base import Strategy, strategies
 
 
 def _check_before_forward(module: nn.Module, args: tuple) -> None:
     if torch.compiler.is_compiling():  # compiled graphs rely on the after-step hook alone
         return
-    for part in set(_parts(module).values()):  # a tied tensor's other modules check its storage too
+    for part in set(strategies(module).values()):  # a tied tensor's other modules check its storage too
         part.check()
 
 
 def _sync_before_state_dict(module: nn.Module, prefix: str, keep_vars: bool) -> None:
-    for part in _parts(module).values():
+    for part in strategies(module).values():
         part.sync(force=True)
 
 
 def _drop_internal_keys(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
-    for part in _parts(module).values():
+    for part in strategies(module).values():
         for name in part.internal_names():
             state_dict.pop(prefix + name, None)
 
@@ -46,7 +41,7 @@ def _drop_internal_keys(module: nn.Module, state_dict: dict, prefix: str, local_
 def _fill_internal_keys(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
                         missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
     # load_state_dict works on its own copy of the dict, so adding keys here leaves the caller's alone
-    for local, part in _parts(module).items():
+    for local, part in strategies(module).items():
         full = state_dict.get(prefix + local)
         if part.module is module and isinstance(full, Tensor) and full.shape == part.param.shape:
             for name, value in part.internal_values(full).items():
@@ -54,7 +49,7 @@ def _fill_internal_keys(module: nn.Module, state_dict: dict, prefix: str, local_
 
 
 def _after_load(module: nn.Module, incompatible_keys: Any) -> None:
-    for part in set(_parts(module).values()):
+    for part in set(strategies(module).values()):
         if part.module is module:
             part.after_load()
 
@@ -82,7 +77,7 @@ def attach(module: nn.Module, local: str, part: Strategy) -> None:
 
 def detach(module: nn.Module, local: str) -> None:
     """Forget ``module.<local>``'s strategy; drop the hooks when it was the module's last partial tensor."""
-    parts = _parts(module)
+    parts = strategies(module)
     parts.pop(local, None)
     if parts:
         return

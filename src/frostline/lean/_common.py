@@ -9,19 +9,14 @@ from torch import Tensor, nn
 from .._state import trains_own
 
 
-def frozen(module: nn.Module) -> bool:
-    """True when the module owns no trainable tensor (checked on every call: a user may flip requires_grad)."""
-    return not trains_own(module)
-
-
-def wants_lean(module: nn.Module, x: object) -> bool:
-    """Take the lean path only when autograd will record this call and the module trains nothing.
+def wants_lean(module: nn.Module, x: Tensor) -> bool:
+    """Take the lean path only when autograd will record this call and the module trains nothing (checked on
+    every call: a user may flip requires_grad). The caller has checked that ``x`` is a tensor.
 
     When the input needs no gradient the plain forward records no graph and keeps nothing, which is already the
     leanest form (a frozen region with nothing trainable upstream).
     """
-    return (isinstance(x, Tensor) and x.requires_grad and torch.is_grad_enabled() and x.is_floating_point()
-            and frozen(module))
+    return x.requires_grad and torch.is_grad_enabled() and x.is_floating_point() and not trains_own(module)
 
 
 def opmath(dtype: torch.dtype) -> torch.dtype:

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from .. import _patch
-from .._state import FreezeState
+from .._state import FreezeState, subtree_frozen
 from ..errors import FreezeError
 from . import _recompute as recompute
 from ._registry import COVERS, Cover, covering
@@ -37,7 +37,7 @@ def cover(module: nn.Module) -> Cover | None:
     return None if base is None else COVERS[base]
 
 
-def _eligible(model: nn.Module, state: FreezeState) -> dict[str, bool]:
+def _eligible(state: FreezeState) -> dict[str, bool]:
     """Per module name: may it run lean?
 
     A module with parameters beneath it: when it is fully frozen (the one rule of :mod:`frostline._state`), and
@@ -61,7 +61,7 @@ def _eligible(model: nn.Module, state: FreezeState) -> dict[str, bool]:
         before[i] = last
         last = frozen[i] if owns[i] else last
     return {n: (f if state.has_parameters[n] else f or (a if a is not None else b if b is not None else True))
-            for n, o, f, a, b in zip(names, owns, frozen, after, before, strict=True)}
+            for n, f, a, b in zip(names, frozen, after, before, strict=True)}
 
 
 def refresh(model: nn.Module, lean: bool | None, state: FreezeState | None = None) -> None:
@@ -88,8 +88,8 @@ def refresh(model: nn.Module, lean: bool | None, state: FreezeState | None = Non
     if lean is not None and not isinstance(lean, bool):
         raise FreezeError(f"lean must be True, False or None (frostline's default), not {lean!r}")
     state = state or FreezeState(model)
-    recompute.release(model, state)  # a recomputed block that trains again runs plain: it needs its activations
-    for name, eligible in _eligible(model, state).items():
+    recompute.release(state)  # a recomputed block that trains again runs plain: it needs its activations
+    for name, eligible in _eligible(state).items():
         module = state.modules[name]
         found = cover(module)
         if found is None or not eligible:
@@ -118,7 +118,7 @@ def keeps(module: nn.Module) -> str | None:
         True
     """
     if recompute.recomputes(module):
-        return recompute.KEEPS if recompute.fully_frozen(module) else None
+        return recompute.KEEPS if subtree_frozen(module) else None
     found = cover(module)
     if found is None or not module.__dict__.get(CHOICE):
         return None

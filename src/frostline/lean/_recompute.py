@@ -37,12 +37,6 @@ from ._common import plain
 KEEPS = "its inputs only: fully frozen, it recomputes its forward in backward (activation checkpointing)"
 
 
-def fully_frozen(module: nn.Module) -> bool:
-    """True when ``module`` has parameters and none of them (in the whole subtree) trains, even partially (the
-    rule of :mod:`frostline._state`, read at each call: flags may flip by hand)."""
-    return subtree_frozen(module)
-
-
 def _records(args: tuple, kwargs: dict) -> bool:
     """Whether autograd records this call: some floating input needs a gradient."""
     return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad
@@ -58,7 +52,7 @@ def _replayable(value: Any) -> bool:
 
 
 def _forward(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    if _records(args, kwargs) and fully_frozen(module):
+    if _records(args, kwargs) and subtree_frozen(module):
         state = [f"{k}={type(v).__name__}" for k, v in kwargs.items() if not _replayable(v)] + [
             f"argument {i}: {type(v).__name__}" for i, v in enumerate(args) if not _replayable(v)]
         if not state:
@@ -124,9 +118,8 @@ def recompute(modules: nn.Module | Iterable[nn.Module], enabled: bool = True) ->
             _patch.remove(module, "forward", "recompute")
 
 
-def release(model: nn.Module, state: FreezeState | None = None) -> None:
-    """Drop the recomputing forward from the modules of ``model`` that train again (``refresh`` calls this)."""
-    modules = state.modules.values() if state is not None else model.modules()
-    for module in modules:
-        if recomputes(module) and not fully_frozen(module):
+def release(state: FreezeState) -> None:
+    """Drop the recomputing forward from the modules that train again (``refresh`` calls this)."""
+    for module in state.modules.values():
+        if recomputes(module) and not subtree_frozen(module):
             _patch.remove(module, "forward", "recompute")

@@ -87,7 +87,7 @@ def hardtanh_forward(module: nn.Hardtanh, *args: Any, **kwargs: Any) -> Tensor:
 def leaky_relu_forward(module: nn.LeakyReLU, *args: Any, **kwargs: Any) -> Tensor:
     """Lean forward of a LeakyReLU."""
     x = args[0] if args else kwargs.get("input")
-    if not wants_lean(module, x):
+    if not isinstance(x, Tensor) or not wants_lean(module, x):
         return plain(module, *args, **kwargs)
     return _Gate.apply(x, "leaky", float(module.negative_slope), 0.0, module.inplace)
 

@@ -145,9 +145,9 @@ def named_logical_parameters(model: nn.Module, *, remove_duplicate: bool = True)
             yield (f"{module_name}.{local}" if module_name else local), tensor
 
 
-def trainable_count(model: nn.Module, name: str, tensor: Tensor) -> int:
-    """How many elements of logical parameter ``name`` train (all, none, or a partial tensor's share)."""
-    partial = get_partial(model, name)
+def trainable_count(tensor: Tensor, partial: PartialTensor | None) -> int:
+    """How many elements of a logical parameter train: all, none, or its partial tensor's share (``partial``:
+    what ``get_partial``/``partials_by_name`` gave for it)."""
     if partial is not None:
         return int((~partial.frozen_mask()).sum())
     return tensor.numel() if tensor.requires_grad else 0
@@ -200,10 +200,6 @@ class FreezeState:
             else:
                 parent = name.rpartition(".")[0] if name else None
                 self.frozen[name] = self.frozen.get(parent, False) if parent is not None else False
-
-    def is_frozen(self, name: str) -> bool:
-        """Whether module ``name`` is fully frozen (the rule in this module's docstring)."""
-        return self.frozen[name]
 
     def frozen_modules(self) -> list[str]:
         """Names of the fully frozen modules, in model order."""

@@ -38,7 +38,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
-from ._state import named_logical_parameters, trainable_count
+from ._state import named_logical_parameters, partials_by_name, trainable_count
 from ._table import WIDTH, human_bytes, human_count, paragraph, render
 from ._tensor import storage_key
 
@@ -535,8 +535,9 @@ def _status(model: nn.Module) -> dict[str, str]:
     """Per module: "frozen", "trainable" or "partial", by all its parameters; a module without any takes its
     nearest ancestor's (a ReLU inside a frozen block is frozen)."""
     counts: dict[str, list[int]] = {}
+    partials = partials_by_name(model)
     for name, tensor in named_logical_parameters(model):
-        trained = trainable_count(model, name, tensor)
+        trained = trainable_count(tensor, partials.get(name))
         parts = name.split(".")[:-1]
         for owner in [".".join(parts[:k]) for k in range(len(parts) + 1)]:
             count = counts.setdefault(owner or MODEL, [0, 0])

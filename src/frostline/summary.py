@@ -115,8 +115,7 @@ def summary(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) ->
         top = name.split(".")[0] if "." in name else "(root)"
         row = rows.setdefault(top, SummaryRow(top, 0, 0))
         partial = partials.get(name)
-        trainable = (trainable_count(model, name, tensor) if partial is not None
-                     else tensor.numel() if tensor.requires_grad else 0)
+        trainable = trainable_count(tensor, partial)
         row.trainable += trainable
         row.frozen += tensor.numel() - trainable
         if partial is not None:

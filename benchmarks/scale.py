@@ -105,21 +105,16 @@ def calls_child(sizes: list[int], repeats: int, budget: float) -> list[dict]:
                 spent[layers] += elapsed
             done[layers] += 1
     # the same calls once more, counting operations instead of timing them (deterministic; slow under the profiler,
-    # so not at the largest size)
-    operations = {layers: ({name: _operations(call) for name, call in runs[layers].items()}
+    # so not at the largest size), as the tests count them (tests/cost.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from cost import operations as counted
+
+    operations = {layers: ({name: counted(call) for name, call in runs[layers].items()}
                            if layers <= COUNT_UPTO else None) for layers in sizes}
     return [{"layers": layers, "tensors": sum(1 for _ in model.parameters()),
              "modules": sum(1 for _ in model.modules()), "seconds": times[layers], "operations": operations[layers],
              "frostline": frostline.__file__}
             for layers, model in models.items()]
-
-
-def _operations(call) -> int:
-    """Python and builtin function calls ``call()`` makes, counted as the tests count them (tests/cost.py)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from cost import operations
-
-    return operations(call)
 
 
 def schedule_child(steps: int, threads: int, quick: bool) -> dict:

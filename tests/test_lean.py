@@ -90,18 +90,20 @@ def _covered_by(make):
         return covering(type(make()))
 
 
-def _from_registry(cases):
-    """Per registered class with a lean forward of frostline's own, in the registry's order, the cases it serves:
-    a family registered tomorrow is tested here by adding its cases, with no edit to the tests below."""
+def _from_registry(cases, owner):
+    """Per registered class with a lean forward of frostline's own, in the registry's order, the cases it serves
+    (``owner``: each case's serving class, by name): a family registered tomorrow is tested here by adding its
+    cases, with no edit to the tests below."""
     return [case for base, found in COVERS.items() if found.forward is not None
-            for case in cases if _covered_by(case[1]) is base]
+            for case in cases if owner[case[0]] is base]
 
 
-LEAN_CASES = _from_registry(LAYERS)
+OWNER = {name: _covered_by(make) for name, make, _ in LAYERS}  # each case's module built once, at collection
+LEAN_CASES = _from_registry(LAYERS, OWNER)
 
 
 def test_every_registered_lean_forward_has_cases():
-    served = {_covered_by(make) for _, make, _ in LAYERS}
+    served = set(OWNER.values())
     missing = [base.__name__ for base, found in COVERS.items() if found.forward is not None and base not in served]
     assert not missing, f"no case in LAYERS for the lean forward of {missing}: add one"
     assert len(LEAN_CASES) == len(LAYERS), "a case of LAYERS that no registered lean forward serves"

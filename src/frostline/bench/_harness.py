@@ -32,7 +32,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._state import get_partial
 from .._tensor import storage_key
 from ..errors import FreezeError, FrozenParameterChanged
 from ..guard import snapshot
@@ -81,15 +80,6 @@ class Row:
     memory_bytes: int | None = None
     memory: dict[str, int] = field(default_factory=dict)
     note: str = ""
-
-
-def chosen_strategy(model: nn.Module, name: str) -> str:
-    """The strategy storing the partially frozen parameter ``name`` (what ``strategy="auto"`` chose)."""
-    partial = get_partial(model, name)
-    if partial is None:
-        raise FreezeError(f"{name!r} is not partially frozen, so no strategy stores it; freeze rows or a mask of "
-                          "it first")
-    return partial.strategy
 
 
 def train_step(forward: Callable[[], Tensor], optimizer: torch.optim.Optimizer,

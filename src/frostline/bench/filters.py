@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
+from .._state import partials_by_name
 from ..freeze import freeze
 from ..models import seed_cnn
 from ..optim import optimizer as frostline_optimizer
-from ._harness import Method, Trial, chosen_strategy, strategies, train_step
+from ._harness import Method, Trial, strategies, train_step
 
 TITLE = "case A: seed CNN, half of every conv's filters frozen, AdamW wd=0.01"
 FRONT = ["0", "2", "3"]  # the front four modules of the Sequential (module 1 is a ReLU)
@@ -130,7 +131,7 @@ def half_frostline(data: Batch, strategy: str) -> Trial:
     for name, conv in convs(m):
         freeze(m, f"{name}.weight", rows=range(conv.out_channels // 2), strategy=strategy)
     opt = frostline_optimizer(m, torch.optim.AdamW, lr=1e-3, weight_decay=0.01, no_decay=())
-    chosen = sorted({chosen_strategy(m, f"{n}.weight") for n, _ in convs(m)})
+    chosen = sorted({part.strategy for part in partials_by_name(m).values()})
     note = f"auto chose {', '.join(chosen)}" if strategy == "auto" else ""
     return _trial(data, m, opt, lambda: _frozen_filters(m), note=lambda: note)
 

@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
+from .._state import partials_by_name
 from ..freeze import freeze
 from ..optim import optimizer as frostline_optimizer
-from ._harness import Method, Trial, chosen_strategy, strategies, train_step
+from ._harness import Method, Trial, strategies, train_step
 
 TITLE = "case B: 30522x384 embedding, 64 trainable rows, AdamW wd=0.01"
 VOCAB, DIM = 30522, 384
@@ -126,7 +127,7 @@ def sparse_delta(data: Batch) -> Trial:
 def strategy(data: Batch, name: str) -> Trial:
     m = freeze(TokenModel(), "emb.weight", rows=frozen_rows().nonzero().flatten(), strategy=name)
     opt = frostline_optimizer(m, torch.optim.AdamW, lr=1e-3, weight_decay=0.01, no_decay=())
-    note = f"auto chose {chosen_strategy(m, 'emb.weight')}" if name == "auto" else ""
+    note = f"auto chose {partials_by_name(m)['emb.weight'].strategy}" if name == "auto" else ""
     return _trial(data, m, opt, note=lambda: note)
 
 
